@@ -1,0 +1,19 @@
+"""fp_helpers: the code behind the Feature Purification book.
+
+Every heavy computation the book shows lives here; the notebooks only call it.
+Modules (one job each):
+
+- ``runs``          profiles, device, seeds, config overrides, the version banner
+- ``sparse_coding`` the sparse-coding data distribution ``x = M z + xi``
+- ``networks``      the two-layer network with an odd smoothed (thresholded) ReLU
+- ``attacks``       FGM and PGD in l2 / l-inf, the dense-direction attack, robust accuracy
+- ``training``      clean and adversarial SGD loops (online or fixed training set)
+- ``purification``  atom spectra, dense mixtures, the principle's decomposition
+- ``experiments``   the synthetic experiment behind the chapters and the CLI
+- ``plots``         one plotting style and the book's figures
+- ``bench``         speed benchmarks (``python -m fp_helpers bench synthetic``)
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

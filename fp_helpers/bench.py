@@ -1,0 +1,92 @@
+"""Speed benchmarks. ``python -m fp_helpers bench synthetic``.
+
+Compares, in one process and on the same sizes, our training step (block sampling of fresh data with
+gathered atoms, closed-form gradients, no autograd graph) with a naive reference (per-step dense
+sampling ``z @ M^T``, an ``nn.Module`` forward, ``loss.backward()``, ``torch.optim.SGD``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import fgm
+from .networks import NetConfig, TwoLayerNet, odd_activation
+from .runs import get_device
+from .sparse_coding import SparseCoding, SparseCodingConfig
+from .training import TrainConfig, train
+
+
+def naive_step_fn(dist: SparseCoding, W: torch.Tensor, cfg: NetConfig, batch: int, lr: float, tau: float,
+                  adversarial: bool, gen: torch.Generator):
+    """The straightforward implementation described in the science brief, as a per-step closure."""
+    W = W.clone().requires_grad_(True)
+    opt = torch.optim.SGD([W], lr=lr)
+    d, k = dist.d, dist.k
+
+    def f(x):
+        return odd_activation(x @ W.T, 0.0, cfg.rho, cfg.q).sum(1)
+
+    def step():
+        idx = torch.rand(batch, d, generator=gen).argsort(1)[:, :k]
+        signs = torch.randint(0, 2, (batch, k), generator=gen) * 2.0 - 1
+        z = torch.zeros(batch, d).scatter_(1, idx, signs)
+        x = z @ dist.M.T + torch.randn(batch, d, generator=gen) * (dist.config.noise / math.sqrt(d))
+        y = torch.sign(z @ dist.w_star)
+        if adversarial:
+            xr = x.clone().requires_grad_(True)
+            g, = torch.autograd.grad(F.softplus(-y * f(xr)).sum(), xr)
+            x = (x + tau * g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)).detach()
+        opt.zero_grad()
+        F.softplus(-y * f(x)).mean().backward()
+        opt.step()
+
+    return step
+
+
+def _time(fn, steps: int) -> float:
+    fn(min(20, steps))  # warm-up
+    t = time.perf_counter()
+    fn(steps)
+    return time.perf_counter() - t
+
+
+def bench_synthetic(d: int = 400, k: int = 7, m: int = 200, batch: int = 128, steps: int = 300,
+                    device=None, verbose: bool = True) -> dict:
+    device = get_device(device)
+    dist = SparseCoding(SparseCodingConfig(d=d, k=k), seed=0, device=device)
+    ncfg = NetConfig(m=m)
+    out = {"d": d, "k": k, "m": m, "batch": batch, "steps": steps, "device": str(device),
+           "threads": torch.get_num_threads()}
+    for mode in ("clean", "fgm"):
+        adversarial = mode == "fgm"
+        gen = torch.Generator().manual_seed(0)
+        W0 = torch.randn(m, d, generator=gen) * ncfg.init_std
+        naive = naive_step_fn(dist, W0, ncfg, batch, 2.0, 0.15, adversarial, gen)
+        t_naive = _time(lambda n: [naive() for _ in range(n)], steps)
+        net = TwoLayerNet(d, ncfg, weight=W0.to(device))
+        tcfg = TrainConfig(batch=batch, lr=2.0, attack="fgm" if adversarial else "none", tau=0.15,
+                           log_every=10**9)
+        t_ours = _time(lambda n: train(net, dist, _with_steps(tcfg, n), gen, progress=False), steps)
+        # arithmetic of the network only: forward + weight gradient (+ FGM's forward + input gradient)
+        flops = 2 * batch * d * m * (2 + (2 if adversarial else 0))
+        out[mode] = {
+            "naive_steps_per_s": steps / t_naive,
+            "ours_steps_per_s": steps / t_ours,
+            "speedup": t_naive / t_ours,
+            "ours_gflops": flops * steps / t_ours / 1e9,
+        }
+        if verbose:
+            r = out[mode]
+            print(f"{mode:5s} step  naive {r['naive_steps_per_s']:8.1f} steps/s | ours {r['ours_steps_per_s']:8.1f} "
+                  f"steps/s | speed-up {r['speedup']:5.1f}x | ours {r['ours_gflops']:.2f} GFLOP/s (network arithmetic)")
+    return out
+
+
+def _with_steps(cfg: TrainConfig, n: int) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, steps=n)

@@ -1,0 +1,225 @@
+"""The synthetic experiment behind chapters 3-5 and ``python -m fp_helpers run synthetic``.
+
+One config (``SyntheticConfig``) holds every knob; ``synthetic_config(profile)`` gives the preset of a
+profile and ``--set key=value`` overrides any field. ``run_synthetic`` trains the clean network, then
+adversarially trains a copy *started from the clean weights*, evaluates both with the same attacks on
+the same held-out points, and returns the numbers and the weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import purification as pur
+from .attacks import AttackSpec, accuracy, robust_accuracy
+from .networks import LowRankTwoLayerNet, NetConfig, TwoLayerNet
+from .runs import apply_overrides, check_norm, environment, get_device, get_profile, seed_everything
+from .sparse_coding import SparseCoding, SparseCodingConfig
+from .training import History, TrainConfig, train
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    # data
+    d: int = 400
+    k: int = 7
+    noise: float = 0.1
+    # network
+    m: int = 300
+    q: int = 3
+    rho: float = 0.5
+    beta: float = 0.0
+    init_std: float = 0.01
+    # training
+    batch: int = 128
+    clean_steps: int = 20000
+    clean_lr: float = 2.0
+    beta_ramp: float = 0.33
+    adv_steps: int = 4000
+    adv_lr: float = 1.0
+    adv_attack: str = "fgm"
+    train_size: int = 0
+    # threat model and evaluation
+    tau: float = 0.15
+    norm: str = "l2"
+    eval_n: int = 2000
+    pgd_steps: int = 20
+    pgd_restarts: int = 3
+    radii: tuple = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)
+    log_every: int = 500
+    lowrank_ranks: tuple = (1, 2, 4)
+    seed: int = 0
+
+    def validate(self) -> "SyntheticConfig":
+        check_norm(self.norm)
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        if not isinstance(self.eval_n, int) or self.eval_n < 1:
+            raise ValueError(f"eval_n must be a positive int, got {self.eval_n!r}")
+        if any((not math.isfinite(r)) or r < 0 for r in self.radii):
+            raise ValueError(f"radii must be finite and >= 0, got {self.radii!r}")
+        self.data_config()
+        self.net_config()
+        self.clean_train_config()
+        self.adv_train_config()
+        return self
+
+    def data_config(self) -> SparseCodingConfig:
+        return SparseCodingConfig(d=self.d, k=self.k, noise=self.noise).validate()
+
+    def net_config(self) -> NetConfig:
+        return NetConfig(m=self.m, q=self.q, rho=self.rho, beta=self.beta, init_std=self.init_std).validate()
+
+    def clean_train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.clean_steps, batch=self.batch, lr=self.clean_lr, attack="none",
+                           tau=self.tau, norm=self.norm, beta_ramp=self.beta_ramp if self.beta > 0 else 0.0,
+                           train_size=self.train_size, log_every=self.log_every).validate()
+
+    def adv_train_config(self, steps: int | None = None) -> TrainConfig:
+        return TrainConfig(steps=self.adv_steps if steps is None else steps, batch=self.batch, lr=self.adv_lr,
+                           attack=self.adv_attack, tau=self.tau, norm=self.norm, train_size=self.train_size,
+                           log_every=self.log_every).validate()
+
+    def eval_attack(self) -> AttackSpec:
+        return AttackSpec("pgd", self.norm, self.pgd_steps, self.pgd_restarts)
+
+
+# The full profile is the regime the website shows (see the chapter "Adversarial training and
+# purification" for how it was chosen); quick is the same code path at CI scale.
+PROFILE_PRESETS: dict[str, dict] = {
+    "full": {},
+    "quick": dict(d=100, k=5, m=100, clean_steps=2000, adv_steps=800, eval_n=500, pgd_steps=10,
+                  pgd_restarts=2, log_every=250, tau=0.3, radii=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.9)),
+}
+
+
+def synthetic_config(profile: str | None = None, overrides=None, seed: int | None = None) -> SyntheticConfig:
+    """The config of a profile, with ``key=value`` overrides (unknown keys raise ``ValueError``)."""
+    profile = get_profile(profile)
+    cfg = SyntheticConfig(**PROFILE_PRESETS[profile])
+    cfg = apply_overrides(cfg, overrides)
+    if seed is not None:
+        cfg = apply_overrides(cfg, {"seed": int(seed)})
+    return cfg.validate()
+
+
+@dataclass
+class Setup:
+    cfg: SyntheticConfig
+    dist: SparseCoding
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    gen: torch.Generator
+    device: torch.device
+
+
+def setup(cfg: SyntheticConfig, device=None) -> Setup:
+    """Distribution (dictionary fixed by the seed), a held-out evaluation set and the training generator."""
+    device = get_device(device)
+    gen = seed_everything(cfg.seed, device)
+    dist = SparseCoding(cfg.data_config(), seed=cfg.seed, device=device)
+    eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 10_000)
+    x_eval, y_eval = dist.sample(cfg.eval_n, eval_gen)
+    return Setup(cfg, dist, x_eval, y_eval, gen, device)
+
+
+def evaluate(net, s: Setup, W0: torch.Tensor | None = None, tau: float | None = None,
+             curves: bool = False) -> dict:
+    """Clean accuracy, robust accuracy under PGD / FGM / the dense direction, and purification medians."""
+    cfg = s.cfg
+    tau = cfg.tau if tau is None else tau
+    spec = cfg.eval_attack()
+    g = torch.Generator(device=s.device).manual_seed(cfg.seed + 20_000)
+    x, y = s.x_eval, s.y_eval
+    out = {
+        "clean_acc": accuracy(net, x, y),
+        "robust_acc": robust_accuracy(net, x, y, tau, spec, generator=g),
+        "fgm_acc": robust_accuracy(net, x, y, tau, AttackSpec("fgm", cfg.norm)),
+        "dense_direction_acc": robust_accuracy(net, x, y, tau, AttackSpec("dense", cfg.norm), u=s.dist.u),
+        "attack": spec.describe(tau),
+    }
+    out.update(pur.summary(net.weight.detach(), s.dist.M, s.dist.u, W0))
+    if curves:
+        out["radii"] = list(cfg.radii)
+        out["robust_curve"] = [robust_accuracy(net, x, y, float(r), spec, generator=g) for r in cfg.radii]
+    return out
+
+
+def progress_eval(s: Setup, W0: torch.Tensor, n: int = 500, pgd_steps: int = 10):
+    """A cheap ``eval_fn`` for training histories: accuracy, PGD robustness, purification medians."""
+    x, y = s.x_eval[:n], s.y_eval[:n]
+    spec = AttackSpec("pgd", s.cfg.norm, pgd_steps, 1)
+
+    def fn(step, net):
+        row = {"clean_acc": accuracy(net, x, y), "robust_acc": robust_accuracy(net, x, y, s.cfg.tau, spec)}
+        row.update(pur.summary(net.weight.detach(), s.dist.M, s.dist.u, W0))
+        return row
+
+    return fn
+
+
+def train_clean(s: Setup, progress=None, snapshot_steps=()) -> tuple[TwoLayerNet, torch.Tensor, History]:
+    """Randomly initialised clean training; returns the net, its initial weights and the history."""
+    net = TwoLayerNet(s.cfg.d, s.cfg.net_config(), generator=s.gen, device=s.device)
+    W0 = net.snapshot()
+    hist = train(net, s.dist, s.cfg.clean_train_config(), s.gen, eval_fn=progress_eval(s, W0),
+                 snapshot_steps=snapshot_steps, progress=progress, desc="clean training")
+    return net, W0, hist
+
+
+def train_adversarial(s: Setup, start: TwoLayerNet, W0: torch.Tensor, steps: int | None = None,
+                      progress=None, snapshot_steps=(), rank: int | None = None) -> tuple[TwoLayerNet, History]:
+    """Adversarial training of a copy of ``start`` (full weights, or rank-``rank`` updates of them)."""
+    if rank is None:
+        net = TwoLayerNet(s.cfg.d, start.config, weight=start.weight.detach())
+    else:
+        net = LowRankTwoLayerNet(start, rank, generator=s.gen)
+    net.beta = start.beta
+    tcfg = s.cfg.adv_train_config(steps)
+    hist = train(net, s.dist, tcfg, s.gen, eval_fn=progress_eval(s, W0), snapshot_steps=snapshot_steps,
+                 progress=progress, desc=f"{tcfg.attack} training" + (f" (rank {rank})" if rank else ""))
+    return net, hist
+
+
+@dataclass
+class SyntheticRun:
+    """Everything one synthetic experiment produced: numbers (``metrics``) and the networks."""
+
+    cfg: SyntheticConfig
+    setup: Setup
+    W0: torch.Tensor
+    clean: TwoLayerNet
+    adversarial: TwoLayerNet
+    clean_history: History
+    adv_history: History
+    metrics: dict = field(default_factory=dict)
+
+
+def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool = True) -> SyntheticRun:
+    """Clean training, then FGM adversarial training from the clean weights; evaluate both."""
+    cfg = cfg.validate()
+    t0 = time.perf_counter()
+    s = setup(cfg, device)
+    clean, W0, h_clean = train_clean(s, progress)
+    adv, h_adv = train_adversarial(s, clean, W0, progress=progress)
+    dec = pur.decompose(clean.weight.detach(), adv.weight.detach())
+    metrics = {
+        "config": asdict(cfg),
+        "environment": environment(device=s.device),
+        "clean": evaluate(clean, s, W0, curves=curves),
+        "adversarial": evaluate(adv, s, W0, curves=curves),
+    }
+    for key in ("clean", "adversarial"):
+        metrics[key]["principle_ratio_median"] = dec.ratio.median().item()
+        metrics[key]["principle_holds_fraction"] = dec.holds_fraction
+    metrics["principle"] = {
+        "ratio_median": dec.ratio.median().item(),
+        "holds_fraction": dec.holds_fraction,
+        "cos_clean_adv_median": pur.abs_cos_rows(clean.weight.detach(), adv.weight.detach()).median().item(),
+    }
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return SyntheticRun(cfg, s, W0, clean, adv, h_clean, h_adv, metrics)

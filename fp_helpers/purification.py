@@ -1,0 +1,106 @@
+"""Purification metrics: how a neuron's weight splits into dictionary atoms and a dense mixture.
+
+All functions take weight matrices with one neuron per row, ``W`` of shape ``(m, d)``, and the
+dictionary ``M`` of shape ``(d, d)`` whose columns are the atoms.
+
+- atom spectrum: ``|<w_i, M_j>|^2 / ||w_i||^2`` (sums to one over ``j``);
+- top-1 atom energy: the largest entry of the spectrum;
+- mixture norm: relative norm of ``w_i`` outside its ``top`` strongest atoms ("dense mixture");
+- mixture alignment: ``|cos|`` of that residual with the dense direction ``u``;
+- ``|cos(w_i, w_i^0)|``: distance from the initialisation (near 1 = lazy / NTK regime);
+- the principle: ``w_i = beta_i w_i' + v_i`` with ``v_i`` orthogonal to ``w_i'`` and the ratio
+  ``||beta_i w_i'|| / ||v_i||`` (> 1: the robust feature dominates the clean neuron).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _check(W: torch.Tensor, M: torch.Tensor | None = None) -> None:
+    if W.ndim != 2:
+        raise ValueError(f"weights must be a 2-d (neurons x inputs) matrix, got shape {tuple(W.shape)}")
+    if M is not None and (M.ndim != 2 or M.shape[0] != W.shape[1]):
+        raise ValueError(f"dictionary has shape {tuple(M.shape)}, expected ({W.shape[1]}, n_atoms)")
+
+
+def atom_spectrum(W: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``(m, n_atoms)`` energies ``<w_i, M_j>^2 / ||w_i||^2``."""
+    _check(W, M)
+    c = (W @ M).pow(2)
+    return c / W.pow(2).sum(1, keepdim=True).clamp_min(1e-30)
+
+
+def top_energy(W: torch.Tensor, M: torch.Tensor, top: int = 1) -> torch.Tensor:
+    """Share of each neuron's energy in its ``top`` strongest atoms."""
+    return atom_spectrum(W, M).topk(top, dim=1).values.sum(1)
+
+
+def mixture_residual(W: torch.Tensor, M: torch.Tensor, top: int = 2) -> torch.Tensor:
+    """``w_i`` minus its projection on its ``top`` strongest atoms."""
+    _check(W, M)
+    coef = W @ M
+    keep = torch.zeros_like(coef).scatter_(1, coef.abs().topk(top, dim=1).indices, 1.0)
+    return W - (coef * keep) @ M.T
+
+
+def mixture_norm(W: torch.Tensor, M: torch.Tensor, top: int = 2) -> torch.Tensor:
+    """Relative norm of each neuron outside its ``top`` strongest atoms (in ``[0, 1]``)."""
+    return (1 - top_energy(W, M, top)).clamp_min(0).sqrt()
+
+
+def abs_cos_rows(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``|cos|`` between two matrices of the same shape (or a matrix and one vector)."""
+    if B.ndim == 1:
+        B = B.expand_as(A)
+    if A.shape != B.shape:
+        raise ValueError(f"shape mismatch: {tuple(A.shape)} vs {tuple(B.shape)}")
+    num = (A * B).sum(1).abs()
+    return num / (A.norm(dim=1) * B.norm(dim=1)).clamp_min(1e-30)
+
+
+def mixture_alignment(W: torch.Tensor, M: torch.Tensor, u: torch.Tensor, top: int = 2) -> torch.Tensor:
+    """``|cos|`` between each neuron's dense mixture and the dense direction ``u``."""
+    return abs_cos_rows(mixture_residual(W, M, top), u)
+
+
+@dataclass
+class Decomposition:
+    """The principle's decomposition ``w_i = beta_i w_i' + v_i`` (``v_i`` orthogonal to ``w_i'``)."""
+
+    beta: torch.Tensor  # (m,)
+    purified: torch.Tensor  # beta_i w_i'   (m, d)
+    residual: torch.Tensor  # v_i           (m, d)
+    ratio: torch.Tensor  # ||beta_i w_i'|| / ||v_i||   (m,)
+
+    @property
+    def holds_fraction(self) -> float:
+        return (self.ratio > 1).float().mean().item()
+
+
+def decompose(W_clean: torch.Tensor, W_adv: torch.Tensor) -> Decomposition:
+    """Split each clean neuron into its component along the adversarially trained one, plus the rest."""
+    _check(W_clean)
+    if W_clean.shape != W_adv.shape:
+        raise ValueError(f"shape mismatch: clean {tuple(W_clean.shape)} vs adversarial {tuple(W_adv.shape)}")
+    beta = (W_clean * W_adv).sum(1) / W_adv.pow(2).sum(1).clamp_min(1e-30)
+    purified = beta[:, None] * W_adv
+    residual = W_clean - purified
+    ratio = purified.norm(dim=1) / residual.norm(dim=1).clamp_min(1e-30)
+    return Decomposition(beta, purified, residual, ratio)
+
+
+def summary(W: torch.Tensor, M: torch.Tensor, u: torch.Tensor, W0: torch.Tensor | None = None,
+            top: int = 2) -> dict[str, float]:
+    """Medians over neurons of the purification metrics (the numbers the chapters quote)."""
+    out = {
+        "top1_energy_median": top_energy(W, M, 1).median().item(),
+        "mixture_norm_median": mixture_norm(W, M, top).median().item(),
+        "mixture_alignment_median": mixture_alignment(W, M, u, top).median().item(),
+        "weight_norm_median": W.norm(dim=1).median().item(),
+    }
+    if W0 is not None:
+        out["cos_init_median"] = abs_cos_rows(W, W0).median().item()
+    return out

@@ -1,0 +1,152 @@
+"""Clean and adversarial SGD for the two-layer network, on fresh samples or a fixed training set.
+
+Training uses the network's closed-form gradients (no autograd graph) and draws fresh samples in
+blocks of many steps at once; both matter on a CPU, where per-step overhead dominates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .attacks import fgm, pgd
+from .runs import check_norm
+from .sparse_coding import SparseCoding
+
+TRAIN_ATTACKS = ("none", "fgm", "pgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20000
+    batch: int = 128
+    lr: float = 2.0
+    attack: str = "none"  # "none" (clean training), "fgm" or "pgd" (adversarial training)
+    tau: float = 0.15  # training radius
+    norm: str = "l2"
+    pgd_steps: int = 5  # only for attack="pgd"
+    beta_ramp: float = 0.0  # share of the steps over which the dead zone ramps from 0 to net beta
+    train_size: int = 0  # 0: fresh samples every step (population setting); n > 0: a fixed set of n
+    log_every: int = 500
+    block: int = 32  # online sampling: draw this many steps' worth of samples at once
+
+    def validate(self) -> "TrainConfig":
+        for name in ("steps", "batch", "log_every", "block", "pgd_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "steps" else 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.train_size, int) or self.train_size < 0:
+            raise ValueError(f"train_size must be an int >= 0 (0 = fresh samples), got {self.train_size!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.attack not in TRAIN_ATTACKS:
+            raise ValueError(f"unknown training attack {self.attack!r}; allowed: {', '.join(TRAIN_ATTACKS)}")
+        if not (self.tau >= 0 and math.isfinite(self.tau)):
+            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        if not 0 <= self.beta_ramp <= 1:
+            raise ValueError(f"beta_ramp must lie in [0, 1], got {self.beta_ramp!r}")
+        check_norm(self.norm)
+        return self
+
+
+@dataclass
+class History:
+    """Metrics logged during training (one dict per logged step) and weight snapshots."""
+
+    rows: list[dict] = field(default_factory=list)
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def column(self, key: str) -> list:
+        return [r[key] for r in self.rows if key in r]
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    if enabled is None:
+        enabled = not os.environ.get("CI") and os.environ.get("FP_PROGRESS", "1") != "0"
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=1.0)
+
+
+class _Batches:
+    """Yields ``(x, y)`` minibatches: fresh samples in blocks, or epochs over a fixed set."""
+
+    def __init__(self, dist: SparseCoding, cfg: TrainConfig, gen: torch.Generator):
+        self.dist, self.cfg, self.gen = dist, cfg, gen
+        self.buf: list = []
+        if cfg.train_size:
+            self.X, self.Y = dist.sample(cfg.train_size, gen)
+
+    def _refill(self):
+        cfg = self.cfg
+        if cfg.train_size:
+            perm = torch.randperm(cfg.train_size, generator=self.gen, device=self.X.device)
+            n_full = max(1, cfg.train_size // cfg.batch)
+            idx = perm[: n_full * cfg.batch].view(n_full, -1) if cfg.train_size >= cfg.batch else perm[None]
+            self.buf = [(self.X[i], self.Y[i]) for i in idx]
+        else:
+            x, y = self.dist.sample(cfg.block * cfg.batch, self.gen)
+            self.buf = list(zip(x.split(cfg.batch), y.split(cfg.batch)))
+        self.buf.reverse()
+
+    def next(self):
+        if not self.buf:
+            self._refill()
+        return self.buf.pop()
+
+
+def train(net, dist: SparseCoding, cfg: TrainConfig, generator: torch.Generator,
+          eval_fn: Callable[[int, object], dict] | None = None, snapshot_steps=(), progress: bool | None = None,
+          desc: str | None = None) -> History:
+    """Train ``net`` in place with SGD on the logistic loss; clean or adversarial (FGM / PGD).
+
+    ``eval_fn(step, net)`` is called every ``log_every`` steps and at the end; what it returns is logged.
+    ``snapshot_steps`` lists steps at which to keep a copy of the weights (step 0 = the start).
+    """
+    cfg = cfg.validate()
+    hist = History()
+    batches = _Batches(dist, cfg, generator)
+    target_beta = float(net.config.beta)
+    ramp_steps = int(cfg.beta_ramp * cfg.steps)
+    snap = set(int(s) for s in snapshot_steps)
+    bar = _progress(cfg.steps, desc or ("clean training" if cfg.attack == "none" else f"{cfg.attack} training"),
+                    progress)
+
+    def log(step: int, loss: float):
+        row = {"step": step, "loss": loss, "beta": net.beta}
+        if eval_fn is not None:
+            row.update(eval_fn(step, net))
+        hist.rows.append(row)
+
+    if 0 in snap:
+        hist.snapshots[0] = net.snapshot()
+    if ramp_steps:
+        net.beta = 0.0
+    log(0, float("nan"))
+    for step in range(1, cfg.steps + 1):
+        if ramp_steps:
+            net.beta = target_beta * min(1.0, step / ramp_steps)
+        x, y = batches.next()
+        if cfg.attack == "fgm":
+            x = fgm(net, x, y, cfg.tau, cfg.norm)
+        elif cfg.attack == "pgd":
+            x = pgd(net, x, y, cfg.tau, cfg.norm, steps=cfg.pgd_steps)
+        loss, grad_w, _, _ = net.grads(x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); lower lr={cfg.lr}")
+        net.sgd_step(grad_w, cfg.lr)
+        if step in snap:
+            hist.snapshots[step] = net.snapshot()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log(step, loss.item())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return hist

@@ -1,0 +1,117 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fp_helpers.attacks import (AttackSpec, accuracy, dense_direction_attack, fgm, margins, pgd,
+                                robust_accuracy, robust_curve)
+from fp_helpers.networks import NetConfig, TwoLayerNet
+from fp_helpers.sparse_coding import SparseCoding, SparseCodingConfig
+
+
+@pytest.fixture(scope="module")
+def data():
+    dist = SparseCoding(SparseCodingConfig(d=400, k=7), seed=0)
+    x, y = dist.sample(600, torch.Generator().manual_seed(0))
+    return dist, x, y
+
+
+def oracle(dist, c=10.0, beta=0.1):
+    """The purified network of the theory: one neuron per atom, w_j = c M_j, small dead zone."""
+    return TwoLayerNet(dist.d, NetConfig(m=dist.d, beta=beta), weight=c * dist.M.T.clone())
+
+
+def test_fgm_increases_the_loss(quick_run):
+    net, s = quick_run.clean, quick_run.setup
+    x, y = s.x_eval, s.y_eval
+    for norm in ("l2", "linf"):
+        eps = s.cfg.tau if norm == "l2" else s.cfg.tau / s.cfg.d ** 0.5
+        before = F.softplus(-margins(net, x, y))
+        after = F.softplus(-margins(net, fgm(net, x, y, eps, norm), y))
+        assert (after >= before - 1e-6).float().mean() > 0.99
+        assert after.mean() > before.mean() * 1.5
+
+
+def test_pgd_is_at_least_as_strong_as_fgm_and_restarts_never_hurt(quick_run):
+    for net in (quick_run.clean, quick_run.adversarial):
+        s = quick_run.setup
+        x, y, tau = s.x_eval, s.y_eval, s.cfg.tau
+        g = torch.Generator().manual_seed(0)
+        acc_fgm = robust_accuracy(net, x, y, tau, AttackSpec("fgm"))
+        acc_pgd1 = robust_accuracy(net, x, y, tau, AttackSpec("pgd", steps=10, restarts=1), generator=g)
+        acc_pgd3 = robust_accuracy(net, x, y, tau, AttackSpec("pgd", steps=10, restarts=3), generator=g)
+        assert acc_pgd1 <= acc_fgm + 1e-9
+        assert acc_pgd3 <= acc_pgd1 + 1e-9
+
+
+def test_robust_accuracy_falls_as_radius_grows(quick_run):
+    s = quick_run.setup
+    curve = robust_curve(quick_run.clean, s.x_eval, s.y_eval, [0.0, 0.1, 0.2, 0.4, 0.8],
+                         AttackSpec("pgd", steps=10), generator=torch.Generator().manual_seed(0))
+    assert curve[0] == accuracy(quick_run.clean, s.x_eval, s.y_eval)
+    assert all(b <= a + 1e-9 for a, b in zip(curve, curve[1:]))
+    assert curve[-1] < curve[0] - 0.5
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_attacks_stay_inside_the_ball_and_the_box(data, norm):
+    dist, x, y = data
+    net = oracle(dist)
+    eps = 0.3 if norm == "l2" else 0.02
+    for xa in (fgm(net, x, y, eps, norm), pgd(net, x, y, eps, norm, steps=5, restarts=2,
+                                                generator=torch.Generator().manual_seed(0))):
+        delta = (xa - x).flatten(1)
+        size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
+        assert (size <= eps * (1 + 1e-5)).all()
+    xb = pgd(net, x.clamp(0, 1), y, eps, norm, steps=3, clip=(0.0, 1.0))
+    assert xb.min() >= 0 and xb.max() <= 1
+
+
+def test_purified_oracle_is_robust_where_the_linear_classifier_is_not(data):
+    dist, x, y = data
+    tau = 0.15
+    spec = AttackSpec("pgd", "l2", steps=20, restarts=3)
+    g = torch.Generator().manual_seed(1)
+    net = oracle(dist)
+    linear = lambda inp: inp @ dist.u  # the best linear classifier, sign(<M w*, x>)
+    assert accuracy(net, x, y) == 1.0 and accuracy(linear, x, y) == 1.0
+    assert robust_accuracy(net, x, y, tau, spec, generator=g) >= 0.99
+    lin_pgd = robust_accuracy(linear, x, y, tau, spec, generator=g)
+    lin_exact = (dist.linear_margin(x, y) > tau).sum().item() / len(y)  # closed-form worst case
+    assert lin_pgd <= 0.4
+    assert lin_pgd == pytest.approx(lin_exact, abs=0.01)
+    # the dense direction is exactly the linear classifier's worst case
+    assert robust_accuracy(linear, x, y, tau, AttackSpec("dense"), u=dist.u) == pytest.approx(lin_exact, abs=1e-9)
+    # and beyond the oracle's own margin (~(1 - beta)/sqrt(k)) it fails too: robustness is not unconditional
+    assert robust_accuracy(net, x, y, 0.6, spec, generator=g) < 0.6
+
+
+def test_dense_direction_attack_moves_against_the_label(data):
+    dist, x, y = data
+    xa = dense_direction_attack(x, y, 0.2, dist.u)
+    assert torch.allclose((xa - x).norm(dim=1), torch.full((len(x),), 0.2), atol=1e-5)
+    assert torch.allclose(dist.linear_margin(xa, y), dist.linear_margin(x, y) - 0.2, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda n, x, y: fgm(n, x, y, -0.1), "radius tau must be a finite number >= 0"),
+    (lambda n, x, y: fgm(n, x, y, float("nan")), "radius"),
+    (lambda n, x, y: fgm(n, x, y, 0.1, norm="l3"), "unknown norm 'l3'"),
+    (lambda n, x, y: pgd(n, x, y, 0.1, steps=0), "steps"),
+    (lambda n, x, y: pgd(n, x, y, 0.1, restarts=0), "restarts"),
+    (lambda n, x, y: robust_accuracy(n, x, y, 0.1, AttackSpec("cw")), "unknown attack"),
+    (lambda n, x, y: robust_accuracy(n, x, y, 0.1, AttackSpec("dense")), "needs the dense direction"),
+])
+def test_bad_attack_input_is_rejected(data, call, msg):
+    dist, x, y = data
+    with pytest.raises(ValueError, match=msg):
+        call(oracle(dist), x[:5], y[:5])
+
+
+def test_multiclass_models_are_attacked_through_autograd():
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(10, 3)
+    x = torch.randn(200, 10, generator=g)
+    y = lin(x).argmax(1)  # all correct at radius 0
+    assert accuracy(lin, x, y) == 1.0
+    assert robust_accuracy(lin, x, y, 2.0, AttackSpec("pgd", steps=10)) < robust_accuracy(lin, x, y, 0.1,
+                                                                                          AttackSpec("pgd", steps=10))

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from fp_helpers import purification as pur
+
+
+def test_pure_atoms_have_full_top1_energy_and_no_mixture():
+    M = torch.linalg.qr(torch.randn(30, 30, generator=torch.Generator().manual_seed(0)))[0]
+    W = 3.0 * M.T[:5]  # neurons equal to atoms
+    assert torch.allclose(pur.atom_spectrum(W, M).sum(1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(pur.top_energy(W, M, 1), torch.ones(5), atol=1e-5)
+    assert pur.mixture_norm(W, M).max() < 1e-3
+    # adding a dense mixture along u raises the mixture norm and aligns the residual with u
+    u = M.sum(1) / M.sum(1).norm()
+    W2 = W + 2.0 * u
+    assert pur.mixture_norm(W2, M).min() > 0.4
+    assert pur.mixture_alignment(W2, M, u).min() > 0.9
+
+
+def test_decomposition_is_exact_and_orthogonal():
+    g = torch.Generator().manual_seed(0)
+    Wa = torch.randn(8, 20, generator=g)
+    Wc = 2.0 * Wa + 0.3 * torch.randn(8, 20, generator=g)
+    dec = pur.decompose(Wc, Wa)
+    assert torch.allclose(dec.purified + dec.residual, Wc, atol=1e-5)
+    assert ((dec.residual * Wa).sum(1).abs() < 1e-4).all()
+    assert dec.holds_fraction == 1.0
+    assert torch.allclose(dec.beta, torch.full((8,), 2.0), atol=0.3)
+    # a clean neuron unrelated to the adversarial one violates the principle
+    assert pur.decompose(torch.randn(50, 200, generator=g), torch.randn(50, 200, generator=g)).holds_fraction < 0.1
+
+
+def test_bad_shapes_are_rejected():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        pur.decompose(torch.zeros(3, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="2-d"):
+        pur.atom_spectrum(torch.zeros(4), torch.eye(4))
