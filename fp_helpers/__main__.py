@@ -59,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.experiment not in EXPERIMENTS:
                 raise ValueError(f"unknown experiment {args.experiment!r}; allowed: {', '.join(EXPERIMENTS)}")
             from .experiments import run_synthetic, synthetic_config
+            from .runs import get_profile
 
-            cfg = synthetic_config(args.profile, args.overrides, seed=args.seed)  # validates before any work
-            result = run_synthetic(cfg, device=args.device, progress=args.progress)
+            profile = get_profile(args.profile)
+            cfg = synthetic_config(profile, args.overrides, seed=args.seed)  # validates before any work
+            result = run_synthetic(cfg, device=args.device, progress=args.progress, profile=profile)
             write_json_atomic(args.out, result.metrics)
             m = result.metrics
             print(f"wrote {args.out} in {m['seconds']:.1f}s | clean net: acc {m['clean']['clean_acc']:.3f}, "

@@ -193,3 +193,19 @@ def robust_accuracy(model, x, y, eps, spec: AttackSpec = AttackSpec(), generator
 def robust_curve(model, x, y, radii, spec: AttackSpec = AttackSpec(), generator=None, u=None) -> list[float]:
     """Robust accuracy at each radius in ``radii`` (same attack, same points)."""
     return [robust_accuracy(model, x, y, float(r), spec, generator=generator, u=u) for r in radii]
+
+
+def empirical_robust_radius(model, x, y, radii, spec: AttackSpec = AttackSpec(), generator=None, u=None):
+    """Per point, the largest radius of the increasing grid ``radii`` at which the attack still fails
+    (0 for points misclassified at every radius, including unperturbed ones). An upper bound on the true
+    robust radius, up to the grid's resolution."""
+    radii = [float(r) for r in radii]
+    if any(b <= a for a, b in zip(radii, radii[1:])):
+        raise ValueError(f"radii must be strictly increasing, got {radii!r}")
+    out = torch.zeros(x.shape[0], device=x.device)
+    alive = margins(model, x, y) > 0
+    for r in radii:
+        xa = attack(model, x, y, r, spec, generator=generator, u=u)
+        alive &= margins(model, xa, y) > 0
+        out = torch.where(alive, torch.full_like(out, r), out)
+    return out

@@ -52,6 +52,7 @@ class SyntheticConfig:
     radii: tuple = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)
     log_every: int = 500
     lowrank_ranks: tuple = (1, 2, 4)
+    lowrank_lr: float = 0.03  # A A^T and B B^T scale the step: adv_lr diverges, 0.1-0.3 destroy clean accuracy
     seed: int = 0
 
     def validate(self) -> "SyntheticConfig":
@@ -79,8 +80,9 @@ class SyntheticConfig:
                            tau=self.tau, norm=self.norm, beta_ramp=self.beta_ramp if self.beta > 0 else 0.0,
                            train_size=self.train_size, log_every=self.log_every).validate()
 
-    def adv_train_config(self, steps: int | None = None) -> TrainConfig:
-        return TrainConfig(steps=self.adv_steps if steps is None else steps, batch=self.batch, lr=self.adv_lr,
+    def adv_train_config(self, steps: int | None = None, lowrank: bool = False) -> TrainConfig:
+        return TrainConfig(steps=self.adv_steps if steps is None else steps, batch=self.batch,
+                           lr=self.lowrank_lr if lowrank else self.adv_lr,
                            attack=self.adv_attack, tau=self.tau, norm=self.norm, train_size=self.train_size,
                            log_every=self.log_every).validate()
 
@@ -179,7 +181,7 @@ def train_adversarial(s: Setup, start: TwoLayerNet, W0: torch.Tensor, steps: int
     else:
         net = LowRankTwoLayerNet(start, rank, generator=s.gen)
     net.beta = start.beta
-    tcfg = s.cfg.adv_train_config(steps)
+    tcfg = s.cfg.adv_train_config(steps, lowrank=rank is not None)
     hist = train(net, s.dist, tcfg, s.gen, eval_fn=progress_eval(s, W0), snapshot_steps=snapshot_steps,
                  progress=progress, desc=f"{tcfg.attack} training" + (f" (rank {rank})" if rank else ""))
     return net, hist
@@ -199,7 +201,8 @@ class SyntheticRun:
     metrics: dict = field(default_factory=dict)
 
 
-def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool = True) -> SyntheticRun:
+def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool = True,
+                  profile: str | None = None) -> SyntheticRun:
     """Clean training, then FGM adversarial training from the clean weights; evaluate both."""
     cfg = cfg.validate()
     t0 = time.perf_counter()
@@ -209,7 +212,7 @@ def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool
     dec = pur.decompose(clean.weight.detach(), adv.weight.detach())
     metrics = {
         "config": asdict(cfg),
-        "environment": environment(device=s.device),
+        "environment": environment(profile, device=s.device),
         "clean": evaluate(clean, s, W0, curves=curves),
         "adversarial": evaluate(adv, s, W0, curves=curves),
     }
@@ -223,3 +226,28 @@ def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool
     }
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return SyntheticRun(cfg, s, W0, clean, adv, h_clean, h_adv, metrics)
+
+
+def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=None, progress=None) -> dict:
+    """Robust-accuracy curves over ``cfg.radii`` for several seeds: ``{"clean": (S, R), "adversarial": (S, R)}``
+    plus each seed's headline metrics (``runs``)."""
+    import numpy as np
+
+    curves: dict[str, list] = {"clean": [], "adversarial": []}
+    runs = []
+    for seed in seeds:
+        c = apply_overrides(cfg, {"seed": int(seed)})
+        if adversarial:
+            r = run_synthetic(c, device=device, progress=progress)
+            curves["adversarial"].append(r.metrics["adversarial"]["robust_curve"])
+            runs.append(r.metrics)
+        else:
+            s = setup(c, device)
+            net, W0, _ = train_clean(s, progress)
+            m = evaluate(net, s, W0, curves=True)
+            runs.append({"clean": m})
+        curves["clean"].append(runs[-1]["clean"]["robust_curve"])
+    out = {k: np.array(v) for k, v in curves.items() if v}
+    out["radii"] = np.array(cfg.radii)
+    out["runs"] = runs
+    return out

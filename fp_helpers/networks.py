@@ -165,3 +165,14 @@ class LowRankTwoLayerNet(TwoLayerNet):
         grad_b = grad_w.T @ self.A
         self.A.sub_(grad_a, alpha=lr)
         self.B.sub_(grad_b, alpha=lr)
+
+
+def purified_oracle(dist, scale: float = 10.0, beta: float = 0.1, config: NetConfig | None = None) -> TwoLayerNet:
+    """The purified network of the theory: one neuron per atom, ``w_j = scale * M_j``, dead zone ``beta``.
+
+    Each neuron reacts to its own atom only, so a perturbation must move the ~k active coordinates
+    themselves to change the output: its l2 robust radius is about ``(1 - beta) / sqrt(k)``, against
+    ``~1/sqrt(d)`` for the linear classifier on the points with the smallest margin.
+    """
+    cfg = config or NetConfig(m=dist.d, beta=beta)
+    return TwoLayerNet(dist.d, cfg, weight=scale * dist.atoms.clone())

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fp_helpers.attacks import (AttackSpec, accuracy, dense_direction_attack, fgm, margins, pgd,
-                                robust_accuracy, robust_curve)
-from fp_helpers.networks import NetConfig, TwoLayerNet
+from fp_helpers.attacks import (AttackSpec, accuracy, dense_direction_attack, empirical_robust_radius, fgm,
+                                margins, pgd, robust_accuracy, robust_curve)
+from fp_helpers.networks import purified_oracle
 from fp_helpers.sparse_coding import SparseCoding, SparseCodingConfig
 
 
@@ -16,8 +16,7 @@ def data():
 
 
 def oracle(dist, c=10.0, beta=0.1):
-    """The purified network of the theory: one neuron per atom, w_j = c M_j, small dead zone."""
-    return TwoLayerNet(dist.d, NetConfig(m=dist.d, beta=beta), weight=c * dist.M.T.clone())
+    return purified_oracle(dist, scale=c, beta=beta)
 
 
 def test_fgm_increases_the_loss(quick_run):
@@ -115,3 +114,16 @@ def test_multiclass_models_are_attacked_through_autograd():
     assert accuracy(lin, x, y) == 1.0
     assert robust_accuracy(lin, x, y, 2.0, AttackSpec("pgd", steps=10)) < robust_accuracy(lin, x, y, 0.1,
                                                                                           AttackSpec("pgd", steps=10))
+
+
+def test_empirical_robust_radius_matches_the_linear_margin(data):
+    dist, x, y = data
+    linear = lambda inp: inp @ dist.u
+    radii = [0.02 * i for i in range(1, 15)]
+    r = empirical_robust_radius(linear, x, y, radii, AttackSpec("pgd", steps=10))
+    exact = dist.linear_margin(x, y)
+    # the grid radius found is the last grid point below the exact margin
+    expected = torch.tensor([max([q for q in radii if q < m] or [0.0]) for m in exact.tolist()])
+    assert (r - expected).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="strictly increasing"):
+        empirical_robust_radius(linear, x, y, [0.2, 0.1])

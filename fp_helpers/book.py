@@ -1,0 +1,27 @@
+"""Small helpers for the notebooks: glue numbers into the prose, show tables."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def glue(name: str, value, display: bool = False):
+    """``myst_nb.glue`` when building the book; a no-op elsewhere (Colab, plain Jupyter, the CLI)."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    _glue(name, value, display=display)
+    return value
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".3f"):
+    """A Markdown table (rendered by Jupyter and by the book) from rows of values."""
+    from IPython.display import Markdown
+
+    def fmt(v):
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return Markdown("\n".join(lines))

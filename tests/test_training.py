@@ -1,0 +1,73 @@
+import dataclasses
+
+import pytest
+import torch
+
+from fp_helpers import experiments
+from fp_helpers.runs import apply_overrides, get_profile
+
+
+def test_clean_net_is_accurate_but_fragile_and_fgm_training_purifies(quick_run):
+    m = quick_run.metrics
+    c, a = m["clean"], m["adversarial"]
+    assert c["clean_acc"] >= 0.97 and a["clean_acc"] >= 0.97
+    assert c["robust_acc"] <= 0.5
+    assert a["robust_acc"] >= c["robust_acc"] + 0.2
+    assert a["mixture_norm_median"] < c["mixture_norm_median"] / 2  # the dense mixture is removed
+    assert a["top1_energy_median"] > 3 * c["top1_energy_median"]  # energy concentrates on one atom
+    # the dense direction is (nearly) the cheapest attack on the clean network, useless on the purified one
+    assert c["dense_direction_acc"] <= 0.5 and a["dense_direction_acc"] >= 0.9
+
+
+def test_history_records_training(quick_run):
+    h = quick_run.clean_history
+    steps = h.column("step")
+    assert steps[0] == 0 and steps[-1] == quick_run.cfg.clean_steps
+    assert h.column("clean_acc")[-1] > h.column("clean_acc")[0]
+
+
+def test_same_seed_gives_bit_identical_metrics_and_another_seed_differs():
+    cfg = experiments.synthetic_config("quick", ["clean_steps=300", "adv_steps=100", "eval_n=200", "d=60", "m=40"])
+    a = experiments.run_synthetic(cfg, device="cpu", progress=False).metrics
+    b = experiments.run_synthetic(cfg, device="cpu", progress=False).metrics
+    c = experiments.run_synthetic(dataclasses.replace(cfg, seed=1), device="cpu", progress=False).metrics
+    for key in ("clean", "adversarial", "principle"):
+        assert a[key] == b[key]
+    assert a["clean"] != c["clean"]
+
+
+def test_fixed_training_set_mode_runs():
+    cfg = experiments.synthetic_config("quick", ["clean_steps=200", "adv_steps=50", "train_size=500", "d=50",
+                                                  "m=30", "eval_n=100"])
+    r = experiments.run_synthetic(cfg, device="cpu", progress=False)
+    assert r.metrics["clean"]["clean_acc"] > 0.5
+
+
+@pytest.mark.parametrize("overrides, msg", [
+    (["k=500"], "k=500 must be at most d=100"),
+    (["tau=-1"], "tau must be a finite number >= 0"),
+    (["norm=l1"], "unknown norm 'l1'"),
+    (["bogus=3"], "unknown config key 'bogus'"),
+    (["d=abc"], "d='abc': expected a int"),
+    (["clean_lr=0"], "lr must be a finite number > 0"),
+    (["adv_attack=cw"], "unknown training attack 'cw'"),
+    (["m=0"], "m \\(number of neurons\\) must be a positive int"),
+    (["eval_n=0"], "eval_n must be a positive int"),
+    (["noequals"], "not of the form key=value"),
+])
+def test_bad_config_is_rejected(overrides, msg):
+    with pytest.raises(ValueError, match=msg):
+        experiments.synthetic_config("quick", overrides)
+
+
+def test_unknown_profile_is_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; allowed profiles are quick, full"):
+        get_profile("huge")
+    monkeypatch.setenv("FP_PROFILE", "tiny")
+    with pytest.raises(ValueError, match="'tiny'"):
+        get_profile()
+
+
+def test_overrides_convert_types():
+    cfg = apply_overrides(experiments.SyntheticConfig(), ["d=600", "tau=0.2", "radii=0.1,0.2", "beta=0"])
+    assert cfg.d == 600 and cfg.tau == 0.2 and cfg.radii == (0.1, 0.2) and cfg.beta == 0.0
