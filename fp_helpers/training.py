@@ -67,11 +67,11 @@ class History:
 def _progress(total: int, desc: str, enabled: bool | None):
     if enabled is None:
         enabled = not os.environ.get("CI") and os.environ.get("FP_PROGRESS", "1") != "0"
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
+    if not enabled:
         return None
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=1.0)
+    from tqdm import tqdm  # the console bar: works in Jupyter without ipywidgets, and in scripts
+
+    return tqdm(total=total, desc=desc, leave=False, mininterval=1.0)
 
 
 class _Batches:
