@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def glue(name: str, value, display: bool = False):
-    """``myst_nb.glue`` when building the book; a no-op elsewhere (Colab, plain Jupyter, the CLI)."""
+def glue(name: str, value, display: bool = False) -> None:
+    """``myst_nb.glue`` when building the book; a no-op elsewhere (Colab, plain Jupyter, the CLI).
+
+    Returns nothing, so a ``glue`` call at the end of a cell adds no stray output."""
     try:
         from myst_nb import glue as _glue
     except ImportError:
-        return value
+        return
     _glue(name, value, display=display)
-    return value
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".3f"):
