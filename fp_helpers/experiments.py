@@ -234,13 +234,14 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
     import numpy as np
 
     curves: dict[str, list] = {"clean": [], "adversarial": []}
-    runs = []
+    runs, full_runs = [], []
     for seed in seeds:
         c = apply_overrides(cfg, {"seed": int(seed)})
         if adversarial:
             r = run_synthetic(c, device=device, progress=progress)
             curves["adversarial"].append(r.metrics["adversarial"]["robust_curve"])
             runs.append(r.metrics)
+            full_runs.append(r)
         else:
             s = setup(c, device)
             net, W0, _ = train_clean(s, progress)
@@ -249,5 +250,44 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
         curves["clean"].append(runs[-1]["clean"]["robust_curve"])
     out = {k: np.array(v) for k, v in curves.items() if v}
     out["radii"] = np.array(cfg.radii)
-    out["runs"] = runs
+    out["runs"] = runs  # each seed's metrics
+    out["full_runs"] = full_runs  # each seed's SyntheticRun (networks, histories), when adversarial
     return out
+
+
+def attack_strength(run: SyntheticRun) -> list[list]:
+    """Rows ``[attack, clean-net accuracy, adversarial-net accuracy]`` at ``tau`` for attacks of growing strength:
+    FGM, the dense direction, PGD, PGD with restarts, and PGD with 5x the steps and 2x the restarts."""
+    cfg, s = run.cfg, run.setup
+    specs = [("FGM", AttackSpec("fgm", cfg.norm)), ("dense direction", AttackSpec("dense", cfg.norm)),
+             (f"PGD-{cfg.pgd_steps}", AttackSpec("pgd", cfg.norm, cfg.pgd_steps, 1)),
+             (f"PGD-{cfg.pgd_steps} x{cfg.pgd_restarts}", cfg.eval_attack()),
+             (f"PGD-{5 * cfg.pgd_steps} x{2 * cfg.pgd_restarts}",
+              AttackSpec("pgd", cfg.norm, 5 * cfg.pgd_steps, 2 * cfg.pgd_restarts))]
+    rows = []
+    for name, spec in specs:
+        g = torch.Generator(device=s.device).manual_seed(0)
+        rows.append([name] + [robust_accuracy(net, s.x_eval, s.y_eval, cfg.tau, spec, generator=g, u=s.dist.u)
+                              for net in (run.clean, run.adversarial)])
+    return rows
+
+
+REGIME_HEADER = ["run", "beta", "init std", "steps clean+FGM", "clean acc (clean / adv)",
+                 "PGD acc at tau (clean / adv)", "|cos(w, w0)| (clean / adv)", "principle holds", "median ratio"]
+
+
+def regime_rows(folder) -> list[list]:
+    """One table row per ``run synthetic`` JSON file in ``folder`` (the regime comparison of chapter 4)."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for f in sorted(Path(folder).glob("*.json")):
+        r = json.loads(f.read_text())
+        c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
+        rows.append([f.stem.split("_")[0], f"{conf['beta']:g}", f"{conf['init_std']:g}",
+                     f"{conf['clean_steps']}+{conf['adv_steps']}", f"{c['clean_acc']:.3f} / {a['clean_acc']:.3f}",
+                     f"{c['robust_acc']:.3f} / {a['robust_acc']:.3f}",
+                     f"{c['cos_init_median']:.2f} / {a['cos_init_median']:.2f}",
+                     f"{p['holds_fraction']:.2f}", f"{p['ratio_median']:.2f}"])
+    return rows

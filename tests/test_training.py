@@ -71,3 +71,28 @@ def test_unknown_profile_is_rejected(monkeypatch):
 def test_overrides_convert_types():
     cfg = apply_overrides(experiments.SyntheticConfig(), ["d=600", "tau=0.2", "radii=0.1,0.2", "beta=0"])
     assert cfg.d == 600 and cfg.tau == 0.2 and cfg.radii == (0.1, 0.2) and cfg.beta == 0.0
+
+
+def test_attack_strength_table_never_gets_weaker_along_pgd_rows(quick_run):
+    rows = experiments.attack_strength(quick_run)
+    names = [r[0] for r in rows]
+    assert names[:2] == ["FGM", "dense direction"]
+    pgd_rows = rows[2:]
+    for col in (1, 2):
+        accs = [r[col] for r in pgd_rows]
+        assert all(b <= a + 1e-9 for a, b in zip(accs, accs[1:])), accs
+        assert accs[0] <= rows[0][col] + 1e-9  # PGD at least as strong as FGM
+
+
+def test_regime_rows_read_every_result_file_with_exact_values(tmp_path):
+    import json
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "regimes"
+    rows = experiments.regime_rows(committed)
+    assert len(rows) == len(list(committed.glob("*.json"))) >= 5
+    assert {r[2] for r in rows} >= {"0.01", "0.003", "0.002"}  # no "0.00" rounding of small init scales
+    assert len(rows[0]) == len(experiments.REGIME_HEADER)
+    (tmp_path / "X_bad.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(KeyError):
+        experiments.regime_rows(tmp_path)
