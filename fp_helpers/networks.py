@@ -51,15 +51,32 @@ def smoothed_relu_grad(u: torch.Tensor, rho: float, q: int) -> torch.Tensor:
     return torch.where(u <= rho, (u / rho).pow(q - 1), torch.ones_like(u))
 
 
+def _act_parts(t: torch.Tensor, b: torch.Tensor | float, rho: float, q: int):
+    """Branch-free ``(sigma_b(t), sigma_b'(t))``.
+
+    With ``u = max(|t| - b, 0)`` and ``a = min(u, rho)``: ``h(u) = a^q / (q rho^(q-1)) + (u - a)`` and
+    ``h'(u) = (a / rho)^(q-1)``; both agree with the piecewise definition on each side of ``rho`` and
+    vanish in the dead zone. One pass of a few elementwise kernels instead of two ``where`` chains,
+    which is what a CPU training step spends its time on.
+    """
+    u = t.abs()
+    if not (isinstance(b, float) and b == 0.0):
+        u = u.sub_(b).clamp_min_(0.0)
+    a = u.clamp_max(rho)
+    s = a * (1.0 / rho)
+    dh = s * s if q == 3 else s.pow(q - 1)
+    h = (a * dh).mul_(1.0 / q).add_(u).sub_(a)
+    return torch.copysign(h, t), dh
+
+
 def odd_activation(t: torch.Tensor, b: torch.Tensor | float, rho: float, q: int) -> torch.Tensor:
     """``sign(t) h(max(|t| - b, 0))``: odd, flat on ``[-b, b]``, smooth elsewhere."""
-    return torch.sign(t) * smoothed_relu(torch.relu(t.abs() - b), rho, q)
+    return _act_parts(t, b, rho, q)[0]
 
 
 def odd_activation_grad(t: torch.Tensor, b: torch.Tensor | float, rho: float, q: int) -> torch.Tensor:
     """Derivative of :func:`odd_activation` in ``t`` (an even function, zero in the dead zone)."""
-    u = torch.relu(t.abs() - b)
-    return torch.where(u > 0, smoothed_relu_grad(u, rho, q), torch.zeros_like(u))
+    return _act_parts(t, b, rho, q)[1]
 
 
 class TwoLayerNet(nn.Module):
@@ -110,11 +127,12 @@ class TwoLayerNet(nn.Module):
         c = self.config
         b = self.thresholds(w)
         pre = x @ w.T
-        f = odd_activation(pre, b, c.rho, c.q).sum(1)
+        act, G = _act_parts(pre, b, c.rho, c.q)
+        f = act.sum(1)
         margins = y * f
         loss = torch.nn.functional.softplus(-margins).mean()
         dl_df = -y * torch.sigmoid(-margins)  # per-example dLoss/df
-        G = odd_activation_grad(pre, b, c.rho, c.q).mul_(dl_df[:, None])
+        G.mul_(dl_df[:, None])
         grad_w = G.T @ x / x.shape[0] if need_weight else None
         grad_x = G @ w if need_input else None
         return loss, grad_w, grad_x, margins
