@@ -1,7 +1,8 @@
 """Command line: reproduce the book's results without Jupyter.
 
     python -m fp_helpers run synthetic --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
-    python -m fp_helpers bench synthetic [--steps N]
+    python -m fp_helpers run lower-bounds --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
+    python -m fp_helpers bench synthetic|ntk [--steps N]
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-EXPERIMENTS = ("synthetic",)
-BENCHES = ("synthetic",)
+EXPERIMENTS = ("synthetic", "lower-bounds")
+BENCHES = ("synthetic", "ntk")
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
@@ -58,23 +59,36 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             if args.experiment not in EXPERIMENTS:
                 raise ValueError(f"unknown experiment {args.experiment!r}; allowed: {', '.join(EXPERIMENTS)}")
-            from .experiments import run_synthetic, synthetic_config
             from .runs import get_profile
 
             profile = get_profile(args.profile)
-            cfg = synthetic_config(profile, args.overrides, seed=args.seed)  # validates before any work
-            result = run_synthetic(cfg, device=args.device, progress=args.progress, profile=profile)
-            write_json_atomic(args.out, result.metrics)
-            m = result.metrics
-            print(f"wrote {args.out} in {m['seconds']:.1f}s | clean net: acc {m['clean']['clean_acc']:.3f}, "
-                  f"PGD {m['clean']['robust_acc']:.3f} | adversarial net: acc {m['adversarial']['clean_acc']:.3f}, "
-                  f"PGD {m['adversarial']['robust_acc']:.3f}")
+            if args.experiment == "synthetic":
+                from .experiments import run_synthetic, synthetic_config
+
+                cfg = synthetic_config(profile, args.overrides, seed=args.seed)  # validates before any work
+                result = run_synthetic(cfg, device=args.device, progress=args.progress, profile=profile)
+                write_json_atomic(args.out, result.metrics)
+                m = result.metrics
+                print(f"wrote {args.out} in {m['seconds']:.1f}s | clean net: acc {m['clean']['clean_acc']:.3f}, "
+                      f"PGD {m['clean']['robust_acc']:.3f} | adversarial net: acc "
+                      f"{m['adversarial']['clean_acc']:.3f}, PGD {m['adversarial']['robust_acc']:.3f}")
+            else:
+                from .lower_bounds import lower_bounds_config, model_names, run_lower_bounds
+
+                syn, lb = lower_bounds_config(profile, args.overrides, seed=args.seed)
+                result = run_lower_bounds(syn, lb, device=args.device, progress=args.progress, profile=profile)
+                write_json_atomic(args.out, result)
+                print(f"wrote {args.out} in {result['seconds']:.1f}s | PGD accuracy at tau={result['tau']:g}: "
+                      + ", ".join(f"{k} {result[k]['robust_acc']:.3f}" for k in model_names(result)))
         elif args.command == "bench":
             if args.what not in BENCHES:
                 raise ValueError(f"unknown benchmark {args.what!r}; allowed: {', '.join(BENCHES)}")
-            from .bench import bench_synthetic
+            from . import bench
 
-            bench_synthetic(steps=args.steps, device=args.device)
+            if args.what == "synthetic":
+                bench.bench_synthetic(steps=args.steps, device=args.device)
+            else:
+                bench.bench_ntk(device=args.device)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

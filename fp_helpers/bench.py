@@ -111,3 +111,40 @@ def _with_steps(cfg: TrainConfig, n: int) -> TrainConfig:
     from dataclasses import replace
 
     return replace(cfg, steps=n)
+
+
+def bench_ntk(d: int = 400, m: int = 300, n_small: int = 256, n_gram: int = 10_000, k: int = 7, device=None,
+              verbose: bool = True) -> dict:
+    """Closed-form NTK Gram vs ``torch.func`` (Jacobian contraction) on the same small problem, and the
+    closed form alone on ``n_gram`` points (the lower-bound chapter's scale)."""
+    from .baselines import NTKKernel, ntk_torch_func
+
+    device = get_device(device)
+    dist = SparseCoding(SparseCodingConfig(d=d, k=k), seed=0, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    net = TwoLayerNet(d, NetConfig(m=m), generator=torch.Generator().manual_seed(0)).to(device)
+    kernel = NTKKernel(net)
+    x, _ = dist.sample(n_small, gen)
+
+    def timed(fn, reps=3):
+        fn()
+        t = time.perf_counter()
+        for _ in range(reps):
+            out = fn()
+        return (time.perf_counter() - t) / reps, out
+
+    t_closed, K1 = timed(lambda: kernel.gram(x))
+    t_func, K2 = timed(lambda: ntk_torch_func(net, x, x), reps=1)
+    err = ((K1 - K2).abs().max() / K2.abs().max()).item()
+    xg, _ = dist.sample(n_gram, gen)
+    t0 = time.perf_counter()
+    G = kernel.gram(xg)
+    t_gram = time.perf_counter() - t0
+    out = {"d": d, "m": m, "n_small": n_small, "closed_form_s": t_closed, "torch_func_s": t_func,
+           "ratio": t_func / t_closed, "max_rel_diff": err, "n_gram": n_gram, "gram_s": t_gram,
+           "gram_shape": list(G.shape), "device": str(device), "threads": torch.get_num_threads()}
+    if verbose:
+        print(f"NTK Gram, n={n_small}, d={d}, m={m}: closed form {1e3 * t_closed:.1f} ms | torch.func "
+              f"{1e3 * t_func:.1f} ms | ratio {out['ratio']:.0f}x | max relative difference {err:.1e}")
+        print(f"NTK Gram, n={n_gram}, d={d}, m={m} (closed form, row blocks): {t_gram:.2f} s")
+    return out

@@ -102,3 +102,50 @@ def _has_seaborn() -> bool:
         return True
     except ImportError:
         return False
+
+
+def model_class_curves(result: Mapping, label=None):
+    """The lower-bound figure: robust accuracy vs radius for every model of a ``run lower-bounds`` result,
+    clean-trained variants on the left, adversarially trained ones on the right, each panel with the
+    FGM-trained two-layer network as the reference."""
+    label = label or (lambda n: n)
+    radii = result["radii"]
+    names = [k for k, v in result.items() if isinstance(v, Mapping) and "curve" in v]
+    groups = {"clean training": [n for n in names if not n.endswith("_adv") and not n.startswith("two_layer")],
+              "adversarial training": [n for n in names if n.endswith("_adv") and n != "two_layer_adv"]}
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
+    cmap = plt.get_cmap("tab10")
+    for ax, (title, group) in zip(axes, groups.items()):
+        for i, n in enumerate(group):
+            ax.plot(radii, result[n]["curve"], marker="o", ms=2.5, lw=1.2, color=cmap(i % 10), label=label(n))
+        if "two_layer_adv" in result:
+            ax.plot(radii, result["two_layer_adv"]["curve"], color="k", lw=2.4, label=label("two_layer_adv"))
+        ax.axvline(result["tau"], color="k", ls=":", lw=1)
+        ax.text(result["tau"], 0.02, r" $\tau$", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(r"$\ell_2$ radius" if result.get("norm", "l2") == "l2" else r"$\ell_\infty$ radius")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0].set_ylabel("robust accuracy (PGD)")
+    axes[0].set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    return fig
+
+
+def degree_sweep(result: Mapping):
+    """Clean and PGD accuracy at ``tau`` against the polynomial degree, clean- and adversarially trained."""
+    degrees = sorted(int(k.split("_")[1]) for k in result if k.startswith("poly_") and not k.endswith("_adv"))
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    for suffix, style, name in (("", "--", "clean-trained"), ("_adv", "-", "adversarially trained")):
+        ax.plot(degrees, [result[f"poly_{p}{suffix}"]["clean_acc"] for p in degrees], style, marker="s", ms=4,
+                color=PALETTE["linear"], label=f"clean accuracy, {name}")
+        ax.plot(degrees, [result[f"poly_{p}{suffix}"]["robust_acc"] for p in degrees], style, marker="o", ms=4,
+                color=PALETTE["clean"], label=f"PGD accuracy at tau, {name}")
+    if "two_layer_adv" in result:
+        ax.axhline(result["two_layer_adv"]["robust_acc"], color="k", lw=2, label="two-layer net, FGM-trained (PGD)")
+    ax.set_xticks(degrees)
+    ax.set_xlabel("polynomial degree p")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

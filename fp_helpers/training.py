@@ -77,18 +77,22 @@ def _progress(total: int, desc: str, enabled: bool | None):
 class _Batches:
     """Yields ``(x, y)`` minibatches: fresh samples in blocks, or epochs over a fixed set."""
 
-    def __init__(self, dist: SparseCoding, cfg: TrainConfig, gen: torch.Generator):
+    def __init__(self, dist: SparseCoding, cfg: TrainConfig, gen: torch.Generator, data=None):
         self.dist, self.cfg, self.gen = dist, cfg, gen
         self.buf: list = []
-        if cfg.train_size:
+        self.fixed = cfg.train_size or (data is not None)
+        if data is not None:
+            self.X, self.Y = data
+        elif cfg.train_size:
             self.X, self.Y = dist.sample(cfg.train_size, gen)
 
     def _refill(self):
         cfg = self.cfg
-        if cfg.train_size:
-            perm = torch.randperm(cfg.train_size, generator=self.gen, device=self.X.device)
-            n_full = max(1, cfg.train_size // cfg.batch)
-            idx = perm[: n_full * cfg.batch].view(n_full, -1) if cfg.train_size >= cfg.batch else perm[None]
+        if self.fixed:
+            n = self.X.shape[0]
+            perm = torch.randperm(n, generator=self.gen, device=self.X.device)
+            n_full = max(1, n // cfg.batch)
+            idx = perm[: n_full * cfg.batch].view(n_full, -1) if n >= cfg.batch else perm[None]
             self.buf = [(self.X[i], self.Y[i]) for i in idx]
         else:
             x, y = self.dist.sample(cfg.block * cfg.batch, self.gen)
@@ -103,16 +107,18 @@ class _Batches:
 
 def train(net, dist: SparseCoding, cfg: TrainConfig, generator: torch.Generator,
           eval_fn: Callable[[int, object], dict] | None = None, snapshot_steps=(), progress: bool | None = None,
-          desc: str | None = None) -> History:
+          desc: str | None = None, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> History:
     """Train ``net`` in place with SGD on the logistic loss; clean or adversarial (FGM / PGD).
 
     ``eval_fn(step, net)`` is called every ``log_every`` steps and at the end; what it returns is logged.
     ``snapshot_steps`` lists steps at which to keep a copy of the weights (step 0 = the start).
+    ``data = (X, Y)`` trains on that fixed set (epochs in random order) instead of fresh samples.
+    Any model with ``grads``/``sgd_step`` (the two-layer network, :mod:`fp_helpers.baselines`) can be trained.
     """
     cfg = cfg.validate()
     hist = History()
-    batches = _Batches(dist, cfg, generator)
-    target_beta = float(net.config.beta)
+    batches = _Batches(dist, cfg, generator, data)
+    target_beta = float(getattr(getattr(net, "config", None), "beta", 0.0))
     ramp_steps = int(cfg.beta_ramp * cfg.steps)
     snap = set(int(s) for s in snapshot_steps)
     bar = _progress(cfg.steps, desc or ("clean training" if cfg.attack == "none" else f"{cfg.attack} training"),

@@ -1,0 +1,186 @@
+"""Baselines of the lower-bound chapter: NTK closed form, linear worst case, training behaviour, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from fp_helpers import baselines as bl
+from fp_helpers.__main__ import main
+from fp_helpers.attacks import AttackSpec, fgm, robust_accuracy, robust_curve, robust_curve_nested
+from fp_helpers.lower_bounds import lower_bounds_config
+from fp_helpers.networks import NetConfig, TwoLayerNet
+from fp_helpers.sparse_coding import SparseCoding, SparseCodingConfig
+from fp_helpers.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    dist = SparseCoding(SparseCodingConfig(d=100, k=5), seed=0)
+    g = torch.Generator().manual_seed(1)
+    X, Y = dist.sample(800, g)
+    xe, ye = dist.sample(600, g)
+    return dist, X, Y, xe, ye
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.2])
+def test_closed_form_ntk_equals_torch_func(beta):
+    torch.manual_seed(0)
+    net = TwoLayerNet(20, NetConfig(m=16, beta=beta, init_std=0.3), generator=torch.Generator().manual_seed(1))
+    x1, x2 = torch.randn(9, 20), torch.randn(6, 20)
+    ref = bl.ntk_torch_func(net, x1, x2)
+    k = bl.NTKKernel(net)
+    scale = ref.abs().max()
+    assert ((k(x1, x2) - ref).abs().max() / scale) < 1e-5
+    assert ((k.gram(x1, x2, block=4) - ref).abs().max() / scale) < 1e-5  # row blocks give the same matrix
+    net64 = net.double()
+    ref64 = bl.ntk_torch_func(net64, x1.double(), x2.double())
+    assert (bl.NTKKernel(net64)(x1.double(), x2.double()) - ref64).abs().max() < 1e-10
+
+
+def test_linearised_net_is_the_first_order_expansion():
+    net = TwoLayerNet(30, NetConfig(m=20, init_std=0.3), generator=torch.Generator().manual_seed(2)).double()
+    x = torch.randn(50, 30, dtype=torch.float64)
+    lin = bl.LinearisedNet(net).double()
+    assert torch.allclose(lin(x), net(x))  # V = 0: the network at initialisation
+    V = torch.randn_like(lin.V)
+
+    def remainder(eps):
+        with torch.no_grad():
+            lin.V.copy_(eps * V)
+            moved = TwoLayerNet(30, net.config, weight=net.W.detach() + lin.c * eps * V)
+            return (moved(x) - lin(x)).abs().max().item(), (moved(x) - net(x)).abs().max().item()
+
+    (r1, c1), (r2, c2) = remainder(1e-3), remainder(5e-4)
+    assert r1 < 0.05 * c1  # the expansion captures the change to first order ...
+    assert 0.15 < r2 / r1 < 0.35 and 0.4 < c2 / c1 < 0.6  # ... the remainder is quadratic, the change linear
+    # its tangent kernel (in V) is c^2 times the network's NTK
+    K_lin = bl.ntk_torch_func(lin, x[:5], x[5:9])
+    assert torch.allclose(K_lin, lin.c ** 2 * bl.NTKKernel(net)(x[:5], x[5:9]), rtol=1e-8, atol=1e-12)
+
+
+def _train_linear(X, Y, dist, attack="none", tau=0.0, start=None, steps=600):
+    model = bl.LinearModel(X.shape[1])
+    if start is not None:
+        model.load_state_dict(start.state_dict())
+    train(model, dist, TrainConfig(steps=steps, batch=64, lr=1.0, attack=attack, tau=tau, log_every=10**9),
+          torch.Generator().manual_seed(0), data=(X, Y), progress=False)
+    return model
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_linear_closed_form_attack_is_optimal_and_pgd_matches_it(data, norm):
+    dist, X, Y, xe, ye = data
+    model = _train_linear(X, Y, dist)
+    eps = 0.1 if norm == "l2" else 0.01
+    x_adv, m_exact = bl.linear_worst_case(model, xe, ye, eps, norm)
+    # the closed-form point is inside the ball and attains the closed-form margin
+    dist_ = (x_adv - xe).norm(dim=1) if norm == "l2" else (x_adv - xe).abs().amax(1)
+    assert dist_.max() <= eps * (1 + 1e-5)
+    assert torch.allclose(ye * model(x_adv).detach(), m_exact, atol=1e-5)
+    # no attack does better: PGD's margins are never below the exact worst case
+    from fp_helpers.attacks import pgd
+
+    xp = pgd(model, xe, ye, eps, norm, steps=20, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert (ye * model(xp).detach() >= m_exact - 1e-4).all()
+    exact = bl.linear_exact_robust_accuracy(model, xe, ye, eps, norm)
+    pgd_acc = robust_accuracy(model, xe, ye, eps, AttackSpec("pgd", norm, 20, 2), torch.Generator().manual_seed(0))
+    assert exact <= pgd_acc <= exact + 0.01
+    assert 0.05 < exact < 0.95  # a radius where the check means something
+
+
+def test_adversarial_training_helps_a_linear_model_only_below_its_margin_bound(data):
+    dist, X, Y, xe, ye = data
+    clean = _train_linear(X, Y, dist)
+    adv = _train_linear(X, Y, dist, attack="fgm", tau=0.05, start=clean)
+    def rob(m, r):
+        return bl.linear_exact_robust_accuracy(m, xe, ye, r)
+
+    assert rob(adv, 0.05) > rob(clean, 0.05) + 0.02  # below the smallest margin (1/sqrt(d) = 0.1): a gain
+    assert rob(adv, 0.15) < rob(clean, 0.15) + 0.01  # beyond it: none
+    # far beyond the typical margin sqrt(k/d) no linear model survives: each point's exact margin is at
+    # most ||x|| and typically |<w*, z>|/sqrt(d) ~ sqrt(k/d)
+    for m in (clean, adv):
+        assert rob(m, 3 * math.sqrt(dist.k / dist.d)) < 0.05
+
+
+def test_kernel_ridge_fits_and_generalises(data):
+    dist, X, Y, xe, ye = data
+    scale = (X * X).sum(1).mean().item()
+    for p in (1, 3):
+        model = bl.fit_kernel_ridge(bl.PolyKernel(p, scale), X, Y, ridge=1e-3)
+        from fp_helpers.attacks import accuracy
+
+        assert accuracy(model, X, Y) >= (1.0 if p == 3 else 0.98)  # degree 3 interpolates 800 points
+        assert accuracy(model, xe, ye) > 0.8
+        # FGM through the kernel expansion increases the loss (autograd input gradients are right)
+        loss = lambda x: torch.nn.functional.softplus(-ye * model(x)).mean().item()
+        assert loss(fgm(model, xe, ye, 0.1)) > loss(xe)
+
+
+def test_nested_curve_is_monotone_and_never_above_the_independent_one(data):
+    dist, X, Y, xe, ye = data
+    model = bl.fit_kernel_ridge(bl.PolyKernel(3, 5.0), X, Y)
+    radii = [0.0, 0.1, 0.2, 0.3]
+    spec = AttackSpec("pgd", "l2", 10, 1)
+    nested = robust_curve_nested(model, xe[:200], ye[:200], radii, spec, torch.Generator().manual_seed(0))
+    indep = robust_curve(model, xe[:200], ye[:200], radii, spec, torch.Generator().manual_seed(0))
+    assert all(a >= b for a, b in zip(nested, nested[1:]))
+    assert all(n <= i + 1e-9 for n, i in zip(nested, indep))
+    assert nested[0] == indep[0]
+
+
+def test_sparse_polynomial_is_more_robust_than_the_best_linear_classifier(data):
+    dist, X, Y, xe, ye = data
+    best = bl.LinearModel(dist.d)
+    with torch.no_grad():
+        best.w.copy_(dist.u)
+    cubic = bl.SparsePolynomial(dist, 3)
+    spec = AttackSpec("pgd", "l2", 20, 1)
+    r = 0.15
+    assert robust_accuracy(cubic, xe, ye, r, spec) > bl.linear_exact_robust_accuracy(best, xe, ye, r) + 0.1
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda: bl.PolyKernel(0), "degree must be an int >= 1"),
+    (lambda: bl.check_degree(2.5), "degree must be an int >= 1"),
+    (lambda: bl.check_kind("rbf"), "unknown model 'rbf'"),
+    (lambda: lower_bounds_config("quick", ["degrees=0,2"]), "degree must be an int >= 1"),
+    (lambda: lower_bounds_config("quick", ["models=linear,svm"]), "unknown model 'svm'"),
+    (lambda: lower_bounds_config("quick", ["bogus=1"]), "unknown config key 'bogus'"),
+    (lambda: lower_bounds_config("quick", ["lb_radii=0.2,0.1"]), "lb_radii must be increasing"),
+    (lambda: bl.fit_kernel_ridge(bl.PolyKernel(2), torch.randn(4, 3), torch.ones(4), ridge=0), "ridge must be"),
+])
+def test_bad_input_gets_a_clear_error(make, msg):
+    with pytest.raises(ValueError, match=msg):
+        make()
+
+
+def test_sparse_polynomial_rejects_even_degree(data):
+    with pytest.raises(ValueError, match="odd degree"):
+        bl.SparsePolynomial(data[0], 2)
+
+
+def test_run_lower_bounds_writes_the_promised_json(tmp_path):
+    out = tmp_path / "lb.json"
+    tiny = ["clean_steps=300", "adv_steps=100", "eval_n=150", "lb_eval_n=150", "curve_n=60", "n_train=200",
+            "linear_steps=100", "lin_steps=100", "lin_adv_steps=50", "degrees=1,3", "adv_attack_steps=3", "pgd_steps=5"]
+    args = ["run", "lower-bounds", "--profile", "quick", "--seed", "1", "--out", str(out)]
+    for t in tiny:
+        args += ["--set", t]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["seed"] == 1 and r["config"]["degrees"] == [1, 3] and r["seconds"] > 0
+    names = ["linear", "linear_adv", "poly_1", "poly_1_adv", "poly_3", "poly_3_adv", "ntk", "ntk_adv",
+             "ntk_linearised", "ntk_linearised_adv", "two_layer_adv"]
+    for name in names:
+        assert 0 <= r[name]["clean_acc"] <= 1 and 0 <= r[name]["robust_acc"] <= r[name]["clean_acc"] + 1e-9, name
+        assert len(r[name]["curve"]) == len(r["radii"])
+    assert abs(r["linear"]["robust_acc"] - r["linear"]["exact_robust_acc"]) <= 0.02
+
+
+def test_cli_lower_bounds_rejects_bad_input(tmp_path, capsys):
+    assert main(["run", "lower-bounds", "--profile", "quick", "--set", "degrees=0", "--out", str(tmp_path / "x")]) == 2
+    assert "degree must be an int >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
