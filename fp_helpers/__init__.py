@@ -10,8 +10,14 @@ Modules (one job each):
 - ``training``      clean and adversarial SGD loops (online or fixed training set)
 - ``purification``  atom spectra, dense mixtures, the principle's decomposition
 - ``experiments``   the synthetic experiment behind the chapters and the CLI
+- ``baselines``     linear, polynomial-kernel, NTK and linearised models for the lower bound
+- ``lower_bounds``  the lower-bound experiment (``run lower-bounds``)
+- ``cifar``         CIFAR-10 loading (checksums, mirror), augmentation, normalisation
+- ``cifar_models``  PreAct ResNet-18, a small ResNet, low-rank updates ``W_clean + A B``
+- ``cifar_train``   clean / FGSM-RS / PGD training with checkpoints, resume, overfitting check
+- ``cifar_experiments`` the CIFAR-10 experiment (``run cifar``), layer comparisons, load-else-train
 - ``plots``         one plotting style and the book's figures
-- ``bench``         speed benchmarks (``python -m fp_helpers bench synthetic``)
+- ``bench``         speed benchmarks (``python -m fp_helpers bench synthetic|ntk``)
 """
 
 __version__ = "0.1.0"

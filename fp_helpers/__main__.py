@@ -2,6 +2,7 @@
 
     python -m fp_helpers run synthetic --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers run lower-bounds --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
+    python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json
     python -m fp_helpers bench synthetic|ntk [--steps N]
 """
 
@@ -14,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-EXPERIMENTS = ("synthetic", "lower-bounds")
+EXPERIMENTS = ("synthetic", "lower-bounds", "cifar")
 BENCHES = ("synthetic", "ntk")
 
 
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field (repeatable), e.g. --set d=600 --set k=9")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    run.add_argument("--data", default=None, help="CIFAR-10 folder or .npz (default: $FP_DATA_DIR, then the cache)")
+    run.add_argument("--save-dir", default=None, help="cifar: also save the trained models there (notebooks load them)")
     run.add_argument("--out", required=True, help="where to write the JSON results")
     run.add_argument("--progress", action="store_true", help="show progress bars")
     bench = sub.add_parser("bench", help="speed benchmarks")
@@ -72,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.out} in {m['seconds']:.1f}s | clean net: acc {m['clean']['clean_acc']:.3f}, "
                       f"PGD {m['clean']['robust_acc']:.3f} | adversarial net: acc "
                       f"{m['adversarial']['clean_acc']:.3f}, PGD {m['adversarial']['robust_acc']:.3f}")
+            elif args.experiment == "cifar":
+                from .cifar_experiments import cifar_config, run_cifar, save_run
+
+                cfg = cifar_config(profile, args.overrides, seed=args.seed)
+                result = run_cifar(cfg, data_dir=args.data, device=args.device, progress=args.progress,
+                                   profile=profile, keep_models=args.save_dir is not None)
+                if args.save_dir is not None:
+                    save_run(result, args.save_dir)
+                write_json_atomic(args.out, {k: v for k, v in result.items() if not k.startswith("_")})
+                ex = result["experiments"]
+                print(f"wrote {args.out} in {result['seconds']:.1f}s | {result['data']} | {result['attack']}: "
+                      + ", ".join(f"{k} {v['clean_acc']:.3f}/{v['robust_acc']:.3f}" for k, v in ex.items()))
             else:
                 from .lower_bounds import lower_bounds_config, model_names, run_lower_bounds
 
@@ -89,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench.bench_synthetic(steps=args.steps, device=args.device)
             else:
                 bench.bench_ntk(device=args.device)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -149,3 +149,81 @@ def degree_sweep(result: Mapping):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def filter_grid(filters: Mapping[str, torch.Tensor], n: int = 16):
+    """First-layer filters ``(out, 3, k, k)``, one row per model, each filter rescaled to [0, 1] on its own
+    (so the pattern, not the scale, is compared across rows)."""
+    names = list(filters)
+    n = min(n, min(f.shape[0] for f in filters.values()))
+    fig, axes = plt.subplots(len(names), n, figsize=(0.55 * n, 0.62 * len(names) + 0.2), squeeze=False)
+    for i, name in enumerate(names):
+        w = filters[name][:n].detach().float().cpu()
+        lo = w.flatten(1).min(1).values[:, None, None, None]
+        hi = w.flatten(1).max(1).values[:, None, None, None]
+        w = (w - lo) / (hi - lo).clamp_min(1e-12)
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(w[j].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(left=0.2, wspace=0.08, hspace=0.08)
+    return fig
+
+
+def perturbation_images(x: torch.Tensor, perts: Mapping[str, torch.Tensor], n: int = 6):
+    """Clean images (top row) and, for each model, its PGD perturbation rescaled to [0, 1] (rows below)."""
+    rows = {"image": x[:n]} | {k: v[:n] for k, v in perts.items()}
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.15 * len(rows)), squeeze=False)
+    for i, (name, imgs) in enumerate(rows.items()):
+        imgs = imgs.detach().float().cpu()
+        if name != "image":
+            m = imgs.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None, None]
+            imgs = 0.5 + 0.5 * imgs / m
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(imgs[j].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(left=0.22, wspace=0.05, hspace=0.05)
+    return fig
+
+
+def layer_cosines(rows: Sequence[Mapping]):
+    """Per-layer cosine similarities of the CIFAR experiment (rows of ``cifar_experiments.layer_table``)."""
+    idx = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7.0, 3.4))
+    for key, label, color in (("cos_clean_ft", "cos(clean, adversarial from clean)", PALETTE["adversarial"]),
+                              ("cos_clean_init", "cos(clean, init)", PALETTE["clean"]),
+                              ("cos_ft_init", "cos(adversarial from clean, init)", PALETTE["linear"]),
+                              ("cos_scratch_init", "cos(adversarial from scratch, init)", PALETTE["scratch"])):
+        ax.plot(idx, [r[key] for r in rows], marker="o", ms=3, label=label, color=color)
+    ax.set_xticks(idx)
+    ax.set_xticklabels([r["layer"].replace("layers.", "") for r in rows], rotation=60, fontsize=7, ha="right")
+    ax.set_ylabel("cosine of the weights")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def epoch_curves(histories: Mapping[str, Mapping]):
+    """Held-out clean and PGD accuracy after each epoch (the catastrophic-overfitting check)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), sharey=True)
+    for name, h in histories.items():
+        for ax, key in zip(axes, ("val_clean_acc", "val_pgd_acc")):
+            if h.get(key):
+                ax.plot(h["epoch"][: len(h[key])], h[key], marker="o", ms=3, label=name)
+    for ax, title in zip(axes, ("held-out clean accuracy", "held-out PGD accuracy")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

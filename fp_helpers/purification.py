@@ -104,3 +104,24 @@ def summary(W: torch.Tensor, M: torch.Tensor, u: torch.Tensor, W0: torch.Tensor 
     if W0 is not None:
         out["cos_init_median"] = abs_cos_rows(W, W0).median().item()
     return out
+
+
+def spectral_energy_share(t: torch.Tensor, min_radius: float) -> torch.Tensor:
+    """Share of each 2-D map's spectral energy at radial frequency ``>= min_radius`` (cycles per pixel,
+    0 to ~0.71; the Nyquist frequency is 0.5 per axis).
+
+    ``t`` has shape ``(..., H, W)`` (filters ``(out, in, k, k)`` or images ``(n, c, H, W)``); the result has
+    the shape of ``t.shape[:-2]``. With a tiny ``min_radius`` this is the energy outside the constant (DC)
+    component; with 0.25 it is the energy above half the Nyquist frequency ("high frequency").
+    """
+    if t.ndim < 2:
+        raise ValueError(f"need maps of shape (..., H, W), got shape {tuple(t.shape)}")
+    if not (0 <= min_radius < 1):
+        raise ValueError(f"min_radius must lie in [0, 1), got {min_radius!r}")
+    H, W = t.shape[-2:]
+    power = torch.fft.fft2(t.double()).abs().pow(2)
+    fy = torch.fft.fftfreq(H, dtype=torch.float64, device=t.device)
+    fx = torch.fft.fftfreq(W, dtype=torch.float64, device=t.device)
+    radius = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+    high = (power * (radius >= min_radius)).sum((-2, -1))
+    return (high / power.sum((-2, -1)).clamp_min(1e-300)).float()

@@ -1,0 +1,110 @@
+"""The CIFAR-10 experiment: layer table, frequency analysis, save / load, CLI, bad input."""
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from fp_helpers import cifar_models as cm
+from fp_helpers import purification as pur
+from fp_helpers.__main__ import main
+from fp_helpers.cifar_experiments import cifar_config, layer_table, load_or_run, load_run, run_cifar, save_run
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FP_DATA_DIR") or REPO.parent / "shared" / "data" / "cifar10")
+needs_subset = pytest.mark.skipif(not (DATA / "cifar10_prefix.npz").is_file(),
+                                  reason=f"the CIFAR-10 subset is not at {DATA} (set FP_DATA_DIR)")
+TINY = ["n_train=260", "n_test=60", "holdout=40", "eval_n=60", "clean_epochs=2", "adv_epochs=1", "ft_epochs=1",
+        "ranks=1,2", "width=4", "batch_size=64", "eval_pgd_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = cifar_config("quick", TINY)
+        yield cfg, run_cifar(cfg, data_dir=DATA, device="cpu", progress=False, keep_models=True)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_spectral_energy_share_separates_smooth_from_oscillating_maps():
+    const = torch.ones(2, 3, 8, 8)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]).remainder(2).float() * 2 - 1
+    assert pur.spectral_energy_share(const, 1e-6).abs().max() < 1e-6  # all energy in the DC term
+    assert torch.allclose(pur.spectral_energy_share(checker, 0.25), torch.tensor(1.0))  # all at Nyquist
+    smooth = torch.cos(2 * torch.pi * torch.arange(8) / 8)[None, :].expand(8, 8)  # 1/8 cycle per pixel
+    assert pur.spectral_energy_share(smooth, 0.25) < 1e-6
+    assert pur.spectral_energy_share(smooth, 1e-6) > 0.99
+    with pytest.raises(ValueError, match="min_radius"):
+        pur.spectral_energy_share(const, 1.5)
+
+
+def test_layer_table_cosines_are_consistent():
+    a = cm.make_model("small_resnet", seed=0, width=4)
+    b = cm.make_model("small_resnet", seed=1, width=4)
+    rows = layer_table(a, a, b, a)
+    for r in rows:
+        assert abs(r["cos_clean_init"] - 1) < 1e-9 and abs(r["cos_clean_ft"] - 1) < 1e-9
+        assert abs(r["cos_scratch_init"]) < 0.5  # independent initialisations are nearly orthogonal
+        assert r["rel_change_ft"] == 0
+
+
+@needs_subset
+def test_run_cifar_reports_every_experiment(tiny_run):
+    cfg, r = tiny_run
+    ex = r["experiments"]
+    for key in ("init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_2"):
+        assert 0 <= ex[key]["robust_acc"] <= ex[key]["clean_acc"] <= 1, key
+    assert r["n_train"] == 220 and r["n_test"] == 60 and r["is_subset"]
+    assert "1,000" not in r["data"] and "260 train" in r["data"]
+    assert ex["lowrank_1"]["trainable_params"] < ex["lowrank_2"]["trainable_params"] < ex["lowrank_1"]["full_params"]
+    names = [row["layer"] for row in r["layers"]]
+    assert names[0] == "conv1" and names[-1] == "linear"
+    # the low-rank models are rank-r updates of the clean model
+    for rank in (1, 2):
+        model = r["_models"][f"lowrank_{rank}"]
+        clean = dict(cm.named_weight_matrices(r["_models"]["clean"]))
+        updates = cm.low_rank_updates(model)
+        for name, W in cm.named_weight_matrices(model):
+            assert torch.allclose(W - clean[name], updates[name], atol=1e-6)  # W = W_clean + A B ...
+            assert torch.linalg.matrix_rank(updates[name], rtol=1e-4) <= rank  # ... of rank <= r (fp32)
+
+
+@needs_subset
+def test_saved_run_loads_identically_and_a_changed_config_is_not_shown_as_current(tiny_run, tmp_path):
+    cfg, r = tiny_run
+    save_run(r, tmp_path / "run")
+    loaded = load_run(tmp_path / "run", cfg, device="cpu")
+    x = r["_x"]
+    for key, model in r["_models"].items():
+        assert torch.allclose(model(x), loaded["_models"][key](x), atol=1e-5), key  # memory formats may differ
+    assert loaded["experiments"] == json.loads(json.dumps(r["experiments"]))
+    other = cifar_config("quick", TINY + ["ft_lr=0.01"])
+    with pytest.raises(ValueError, match="ft_lr"):
+        load_run(tmp_path / "run", other)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert load_or_run(other, tmp_path / "run", save=False, data_dir=DATA, device="cpu",
+                           progress=False)["config"]["ft_lr"] == 0.01
+    assert any("recomputing" in str(x.message) for x in w)
+    assert load_run(tmp_path / "nothing", cfg) is None
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--set", "model=vgg"], "unknown model 'vgg'"),
+    (["--set", "eps=-1"], "eps must be"),
+    (["--set", "ranks=0"], "ranks must be positive"),
+    (["--data", "/nonexistent/cifar"], "FP_DATA_DIR"),
+])
+def test_cli_cifar_rejects_bad_input(tmp_path, capsys, monkeypatch, args, msg):
+    monkeypatch.setenv("FP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FP_DATA_DIR", raising=False)
+    out = tmp_path / "c.json"
+    assert main(["run", "cifar", "--profile", "quick", *args, "--out", str(out)]) == 2
+    assert msg in capsys.readouterr().err
+    assert not out.exists()
