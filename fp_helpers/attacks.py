@@ -216,8 +216,9 @@ def robust_curve_nested(model, x, y, radii, spec: AttackSpec = AttackSpec(), gen
     attack failed at every radius ``<= r`` of the grid.
 
     The balls are nested, so a point broken at ``r`` is truly broken at every larger radius: this is still
-    an upper bound on the true robust accuracy, never above :func:`robust_curve`, monotone by construction,
-    and cheaper (only surviving points are attacked again).
+    an upper bound on the true robust accuracy, monotone by construction, and cheaper (only surviving
+    points are attacked again). With one deterministic start per point it is never above
+    :func:`robust_curve`; with random restarts the two draw different starts.
     """
     radii = [float(r) for r in radii]
     if any(b <= a for a, b in zip(radii, radii[1:])):

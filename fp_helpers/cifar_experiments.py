@@ -12,9 +12,11 @@ relative change) and the first-layer filters and adversarial perturbations are a
 from __future__ import annotations
 
 import copy
+import pickle
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,6 +41,7 @@ class CifarConfig:
     lr: float = 0.2
     ft_lr: float = 0.05
     lowrank_lr: float = 0.05
+    lowrank_train_bn: bool = True  # BatchNorm scale/shift/statistics trained in (d) (frozen: collapse to chance)
     attack: str = "fgsm_rs"  # training attack of (b), (c), (d)
     norm: str = "linf"
     eps: float = 8 / 255
@@ -145,6 +148,7 @@ def first_layer_analysis(models: dict) -> dict:
 def perturbations(model, x, y, cfg: CifarConfig, steps: int = 20) -> torch.Tensor:
     from .attacks import pgd
 
+    model.eval()
     g = torch.Generator(device=x.device).manual_seed(cfg.seed + 7)
     xa = pgd(model, x, y, cfg.eps, cfg.norm, steps=steps, restarts=1, generator=g, clip=(0.0, 1.0))
     return (xa - x).detach()
@@ -196,11 +200,13 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
             res[key]["history"] = hists[key]
     low = {}
     for r in cfg.ranks:
-        lr_model = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed))
+        lr_model = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
+                                     train_bn=cfg.lowrank_train_bn)
         h = train(lr_model, "lowrank", f"low rank {r}")
         low[r] = lr_model
         res[f"lowrank_{r}"] = {**evaluate(lr_model), "rank": r, "history": h,
-                              "trainable_params": sum(p.numel() for p in cm.low_rank_parameters(lr_model)),
+                              "trainable_params": sum(p.numel() for p in lr_model.parameters() if p.requires_grad),
+                              "low_rank_params": sum(p.numel() for p in cm.low_rank_parameters(lr_model)),
                               "full_params": sum(p.numel() for p in clean.parameters())}
     rows = layer_table(init, clean, scratch, ft)
     pert = {k: perturbations(models[k], x_te[:16], y_te[:16], cfg) for k in ("clean", "adv_from_clean")}
@@ -244,14 +250,18 @@ def save_run(result: dict, folder) -> None:
         os.close(fd)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
         os.replace(tmp, folder / f"{key}.pt")
-    torch.save({k: v.cpu() for k, v in result["_perturbations"].items()} | {"x": result["_x"].cpu()},
-               folder / "perturbations.pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".perturbations.", suffix=".tmp")
+    os.close(fd)
+    torch.save({k: v.cpu() for k, v in result["_perturbations"].items()} | {"x": result["_x"].cpu()}, tmp)
+    os.replace(tmp, folder / "perturbations.pt")
     write_json_atomic(folder / "result.json", {k: v for k, v in result.items() if not k.startswith("_")})
 
 
-def load_run(folder, cfg: CifarConfig, device=None) -> dict | None:
+def load_run(folder, cfg: CifarConfig, device=None, data_counts: tuple[int, int] | None = None) -> dict | None:
     """The saved run in ``folder`` with its models, or ``None`` when there is none. A run saved with another
-    config is refused (``ValueError`` naming the differing keys), so a stale result is never shown as current."""
+    config, another model (``model="auto"`` resolves by device) or, given ``data_counts = (train, test)`` of
+    the data found now, other data sizes is refused (``ValueError``), so a stale result is never shown as
+    current. A missing or unreadable model file is refused too."""
     import json
     from pathlib import Path
 
@@ -265,15 +275,29 @@ def load_run(folder, cfg: CifarConfig, device=None) -> dict | None:
         raise ValueError(f"the run saved in {folder} used another config ({', '.join(diff)} differ); "
                          f"recompute it (delete the folder or pass another one)")
     dev = get_device(device)
+    if result["model"] != cfg.model_name(dev):
+        raise ValueError(f"the run saved in {folder} trained {result['model']}, but on {dev} this config trains "
+                         f"{cfg.model_name(dev)}")
+    if data_counts is not None and data_counts != (result["n_train"] + result["n_holdout"], result["n_test"]):
+        raise ValueError(f"the run saved in {folder} used {result['n_train'] + result['n_holdout']} train / "
+                         f"{result['n_test']} test images, the data found now gives {data_counts[0]} / {data_counts[1]}")
     name, kw = result["model"], ({"width": cfg.width} if result["model"] == "small_resnet" else {})
     models = {}
     for key in list(MODEL_KEYS) + [f"lowrank_{r}" for r in cfg.ranks]:
         m = cm.make_model(name, seed=cfg.seed, **kw)
         if key.startswith("lowrank_"):
-            cm.apply_low_rank(m, int(key.split("_")[1]), generator=torch.Generator().manual_seed(cfg.seed))
-        m.load_state_dict(torch.load(folder / f"{key}.pt", map_location="cpu", weights_only=True))
+            cm.apply_low_rank(m, int(key.split("_")[1]), generator=torch.Generator().manual_seed(cfg.seed),
+                              train_bn=cfg.lowrank_train_bn)
+        try:
+            state = torch.load(folder / f"{key}.pt", map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+            raise ValueError(f"the run saved in {folder} is incomplete or corrupted ({key}.pt: {e})") from e
+        m.load_state_dict(state)
         models[key] = m.to(dev, memory_format=torch.channels_last).eval()  # as trained: same kernels, same numbers
-    pert = torch.load(folder / "perturbations.pt", map_location="cpu", weights_only=True)
+    try:
+        pert = torch.load(folder / "perturbations.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"the run saved in {folder} is incomplete or corrupted (perturbations.pt: {e})") from e
     result["_models"], result["_x"] = models, pert.pop("x").to(dev)
     result["_perturbations"] = {k: v.to(dev) for k, v in pert.items()}
     result["loaded_from"] = str(folder)
@@ -284,7 +308,13 @@ def load_or_run(cfg: CifarConfig, folder=None, save: bool = False, **run_kw) -> 
     """Load the run saved in ``folder`` for this exact config, else run it (and save it when ``save``)."""
     if folder is not None:
         try:
-            loaded = load_run(folder, cfg, run_kw.get("device"))
+            counts = None
+            if (Path(folder) / "result.json").exists():  # check the data it would be compared with
+                d = cifar.load_cifar10(run_kw.get("data_dir"))
+                if cfg.n_train or cfg.n_test:
+                    d = cifar.subset(d, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
+                counts = (d.n_train, min(cfg.eval_n, d.n_test))
+            loaded = load_run(folder, cfg, run_kw.get("device"), data_counts=counts)
         except ValueError as e:
             import warnings
 

@@ -201,7 +201,8 @@ def is_low_rank(model: nn.Module) -> bool:
     return any(parametrize.is_parametrized(m, "weight") for _, m in _weight_layers(model))
 
 
-def apply_low_rank(model: nn.Module, rank: int, generator: torch.Generator | None = None) -> nn.Module:
+def apply_low_rank(model: nn.Module, rank: int, generator: torch.Generator | None = None,
+                   train_bn: bool = False) -> nn.Module:
     """Turn ``model`` (in place) into its low-rank fine-tuning version and return it.
 
     Every parameter is frozen (conv / linear weights and biases, BatchNorm affine parameters); every
@@ -213,6 +214,10 @@ def apply_low_rank(model: nn.Module, rank: int, generator: torch.Generator | Non
     conv of a CIFAR ResNet has ``in * kh * kw = 27``; the last linear layer has ``out = 10``): a larger
     rank would not be a low-rank update of that layer, so it is refused rather than silently clipped.
     ``generator`` draws the random ``B`` factors (default: a generator seeded with 0).
+    ``train_bn=True`` keeps every BatchNorm trainable (per-channel scale and shift, running statistics
+    updated in train mode): under 1% of the parameters, but adversarial inputs shift the activation
+    statistics, and with BatchNorm frozen low-rank adversarial training of our CIFAR models collapsed to
+    chance accuracy (see the CIFAR-10 chapter).
     """
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
@@ -233,8 +238,12 @@ def apply_low_rank(model: nn.Module, rank: int, generator: torch.Generator | Non
         p.requires_grad_(False)
     for m in model.modules():
         if type(m) is nn.BatchNorm2d:
-            m.__class__ = FrozenBatchNorm2d
-            m.eval()
+            if train_bn:
+                for p in m.parameters():
+                    p.requires_grad_(True)
+            else:
+                m.__class__ = FrozenBatchNorm2d
+                m.eval()
     for _, m in layers:
         parametrize.register_parametrization(m, "weight", LowRankDelta(m.weight.detach(), rank, generator))
     return model

@@ -63,6 +63,8 @@ def test_run_cifar_reports_every_experiment(tiny_run):
     assert r["n_train"] == 220 and r["n_test"] == 60 and r["is_subset"]
     assert "1,000" not in r["data"] and "260 train" in r["data"]
     assert ex["lowrank_1"]["trainable_params"] < ex["lowrank_2"]["trainable_params"] < ex["lowrank_1"]["full_params"]
+    # BatchNorm is trained in low-rank mode (lowrank_train_bn), on top of the rank-r factors
+    assert ex["lowrank_1"]["low_rank_params"] < ex["lowrank_1"]["trainable_params"]
     names = [row["layer"] for row in r["layers"]]
     assert names[0] == "conv1" and names[-1] == "linear"
     # the low-rank models are rank-r updates of the clean model
@@ -108,3 +110,14 @@ def test_cli_cifar_rejects_bad_input(tmp_path, capsys, monkeypatch, args, msg):
     assert main(["run", "cifar", "--profile", "quick", *args, "--out", str(out)]) == 2
     assert msg in capsys.readouterr().err
     assert not out.exists()
+
+
+@needs_subset
+def test_saved_run_with_other_data_or_model_is_refused(tiny_run, tmp_path):
+    cfg, r = tiny_run
+    save_run(r, tmp_path / "run")
+    with pytest.raises(ValueError, match="data found now"):
+        load_run(tmp_path / "run", cfg, device="cpu", data_counts=(999, 60))
+    (tmp_path / "run" / "clean.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="incomplete or corrupted"):
+        load_run(tmp_path / "run", cfg, device="cpu")
