@@ -252,7 +252,9 @@ def save_run(result: dict, folder) -> None:
         os.replace(tmp, folder / f"{key}.pt")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".perturbations.", suffix=".tmp")
     os.close(fd)
-    torch.save({k: v.cpu() for k, v in result["_perturbations"].items()} | {"x": result["_x"].cpu()}, tmp)
+    # clone: a slice saved as is would carry its whole storage (all the test images)
+    tensors = {k: v.cpu().clone() for k, v in result["_perturbations"].items()}
+    torch.save(tensors | {"x": result["_x"].cpu().clone()}, tmp)
     os.replace(tmp, folder / "perturbations.pt")
     write_json_atomic(folder / "result.json", {k: v for k, v in result.items() if not k.startswith("_")})
 
