@@ -28,6 +28,22 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Points ``x`` (one per row) and labels ``y``: tensors, as many labels as points, at least one point,
+    every coordinate finite. ``ValueError`` / ``TypeError`` naming what is wrong otherwise."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x must be (n, ...) points and y (n,) labels with the same n; got x {tuple(x.shape)} "
+                         f"and y {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x is empty (0 points); give at least one point")
+    if x.is_floating_point():
+        bad = (~torch.isfinite(x)).sum().item()
+        if bad:
+            raise ValueError(f"x has {bad} non-finite entries (NaN or inf); every input must be finite")
+
+
 def margins(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example classification margin (positive = correct)."""
     with torch.no_grad():
@@ -40,6 +56,7 @@ def margins(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    check_batch(x, y)
     return (margins(model, x, y) > 0).float().mean().item()
 
 
@@ -182,6 +199,8 @@ def attack(model, x, y, eps, spec: AttackSpec, generator=None, u: torch.Tensor |
 def robust_accuracy(model, x, y, eps, spec: AttackSpec = AttackSpec(), generator=None, u=None,
                     clip=None, batch_size: int = 4096) -> float:
     """Share of points still classified correctly after the attack ``spec`` at radius ``eps``."""
+    check_batch(x, y)
+    _check_eps(eps)
     correct = 0
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]

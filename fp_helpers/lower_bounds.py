@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -21,7 +21,9 @@ from . import baselines as bl
 from .attacks import AttackSpec, accuracy, robust_accuracy, robust_curve_nested
 from .experiments import PROFILE_PRESETS, SyntheticConfig, setup, train_adversarial, train_clean
 from .networks import TwoLayerNet
-from .runs import apply_overrides, environment, get_profile
+from .checkpoints import open_run
+from .provenance import stamp
+from .runs import apply_overrides, get_profile
 from .training import TrainConfig, train
 
 
@@ -58,10 +60,13 @@ class LowerBoundConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name in ("ridge", "linear_lr", "lin_lr"):
             v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not self.lb_radii or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                        for x in self.lb_radii):
+            raise ValueError(f"lb_radii must be a non-empty list of finite numbers, got {self.lb_radii!r}")
         r = [float(x) for x in self.lb_radii]
-        if any(b <= a for a, b in zip(r, r[1:])) or (r and r[0] < 0):
+        if any(b <= a for a, b in zip(r, r[1:])) or r[0] < 0:
             raise ValueError(f"lb_radii must be increasing and >= 0, got {self.lb_radii!r}")
         return self
 
@@ -112,26 +117,44 @@ def evaluate_model(model, x, y, xc, yc, tau: float, spec: AttackSpec, radii, cur
     return out
 
 
+def _state(model) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, progress=None,
-                     profile: str | None = None, keep_models: bool = False) -> dict:
-    """Train and attack every model; returns the JSON-ready dict (and ``"_models"`` when ``keep_models``)."""
+                     profile: str | None = None, keep_models: bool = False, checkpoint_dir=None) -> dict:
+    """Train and attack every model; returns the JSON-ready dict (and ``"_models"`` when ``keep_models``).
+
+    Each stage (the two-layer network, the linear models, each kernel, the linearised network, the sparse
+    polynomial) is checkpointed when it completes (:mod:`fp_helpers.checkpoints`; ``checkpoint_dir`` as
+    there, ``False``: none): an interrupted run resumes after its last completed stage with the same numbers.
+    """
+    if not isinstance(syn, SyntheticConfig) or not isinstance(lb, LowerBoundConfig):
+        raise TypeError(f"syn and lb must be a SyntheticConfig and a LowerBoundConfig (see lower_bounds_config), "
+                        f"got {type(syn).__name__} and {type(lb).__name__}")
     syn, lb = syn.validate(), lb.validate()
+    for name in ("lb_eval_n", "curve_n"):
+        if getattr(lb, name) > syn.eval_n:
+            raise ValueError(f"{name}={getattr(lb, name)} is more than the eval_n={syn.eval_n} held-out points drawn; "
+                             f"allowed: {name} <= eval_n (raise eval_n or lower {name})")
     t0 = time.perf_counter()
     s = setup(syn, device)
+    dev = s.device
+    ck = open_run("lower-bounds", (syn, lb), checkpoint_dir, dev)
     dist, tau, norm = s.dist, syn.tau, syn.norm
     spec = syn.eval_attack()
     curve_spec = AttackSpec("pgd", norm, syn.pgd_steps, lb.curve_restarts)
     radii = [float(r) for r in lb.lb_radii]
     x, y = s.x_eval[: lb.lb_eval_n], s.y_eval[: lb.lb_eval_n]
     xc, yc = s.x_eval[: lb.curve_n], s.y_eval[: lb.curve_n]
-    gen_data = torch.Generator(device=s.device).manual_seed(syn.seed + 30_000)
+    gen_data = torch.Generator(device=dev).manual_seed(syn.seed + 30_000)
     X, Y = dist.sample(lb.n_train, gen_data)
-    gen = torch.Generator(device=s.device).manual_seed(syn.seed + 40_000)
+    gen = torch.Generator(device=dev).manual_seed(syn.seed + 40_000)
 
-    result: dict = {"config": {**asdict(syn), **asdict(lb)}, "environment": environment(profile, device=s.device),
-                    "tau": tau, "norm": norm, "attack": spec.describe(tau),
-                    "curve_attack": curve_spec.describe(float("nan")).replace("eps=nan", "each radius"),
-                    "radii": radii, "n_train": lb.n_train}
+    result: dict = stamp({}, "lower-bounds", (syn, lb), profile, dev)
+    result.update({"tau": tau, "norm": norm, "attack": spec.describe(tau),
+                   "curve_attack": curve_spec.describe(float("nan")).replace("eps=nan", "each radius"),
+                   "radii": radii, "n_train": lb.n_train})
     models: dict = {}
 
     def record(name: str, model, seconds: float):
@@ -139,6 +162,53 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
         r = evaluate_model(model, x, y, xc, yc, tau, spec, radii, curve_spec, syn.seed + 50_000)
         r["train_seconds"] = round(seconds, 2)
         result[name] = r
+
+    def rng() -> dict:
+        return {"setup": s.gen.get_state(), "gen": gen.get_state(), "torch": torch.get_rng_state()}
+
+    def set_rng(state: dict) -> None:
+        s.gen.set_state(state["setup"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch"])
+
+    def stage(unit: str, fit, rebuild, extra=None):
+        """Run ``fit()`` (which calls ``record``) and checkpoint what it recorded, or restore it:
+        ``rebuild(states)`` gives the models back from their state dicts."""
+        saved = ck.load(unit)
+        if saved is not None:
+            result.update(saved["metrics"])
+            models.update(rebuild(saved["states"]))
+            set_rng(saved["rng"])
+            return saved.get("extra")
+        before = set(models)
+        out = fit()
+        names = [n for n in models if n not in before]
+        ck.save(unit, {"metrics": {n: result[n] for n in names if n in result},
+                       "states": {n: _state(models[n]) for n in names}, "rng": rng(),
+                       "extra": out})
+        return out
+
+    # The two-layer network first: its initialisation defines the NTK.
+    def fit_two_layer():
+        t = time.perf_counter()
+        clean, W0, _ = train_clean(s, progress)
+        adv, _ = train_adversarial(s, clean, W0, progress=progress)
+        t_two = time.perf_counter() - t
+        if "two_layer" in lb.models:
+            record("two_layer", clean, t_two)
+            record("two_layer_adv", adv, t_two)
+        return {"W0": W0.cpu()}
+
+    def rebuild_two_layer(states):
+        out = {}
+        for name, st in states.items():
+            net = TwoLayerNet(syn.d, syn.net_config(), weight=st["W"].to(dev))
+            net.beta = syn.beta
+            out[name] = net
+        return out
+
+    W0 = stage("two_layer", fit_two_layer, rebuild_two_layer)["W0"].to(dev)
+    init_net = TwoLayerNet(syn.d, syn.net_config(), weight=W0)
 
     def sgd(model, steps, lr, attack="none", start=None):
         if start is not None:
@@ -149,51 +219,64 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
         train(model, dist, cfg, gen, data=(X, Y), progress=progress, desc=f"{type(model).__name__} {attack}")
         return time.perf_counter() - t
 
-    # The two-layer network first: its initialisation defines the NTK.
-    t = time.perf_counter()
-    clean, W0, _ = train_clean(s, progress)
-    adv, _ = train_adversarial(s, clean, W0, progress=progress)
-    t_two = time.perf_counter() - t
-    init_net = TwoLayerNet(syn.d, syn.net_config(), weight=W0)
-    if "two_layer" in lb.models:
-        record("two_layer", clean, t_two)
-        record("two_layer_adv", adv, t_two)
+    def rebuild_with(make):
+        def rebuild(states):
+            out = {}
+            for name, st in states.items():
+                m = make(name, st)
+                m.load_state_dict({k: v.to(dev) for k, v in st.items()})
+                out[name] = m
+            return out
+        return rebuild
 
     if "linear" in lb.models:
-        lin = bl.LinearModel(syn.d, device=s.device)
-        record("linear", lin, sgd(lin, lb.linear_steps, lb.linear_lr))
-        lin_adv = bl.LinearModel(syn.d, device=s.device)  # FGM is the exact worst case of a linear model
-        record("linear_adv", lin_adv, sgd(lin_adv, lb.linear_steps, lb.linear_lr, "fgm", start=lin))
-        best = bl.LinearModel(syn.d, device=s.device)
-        with torch.no_grad():
-            best.w.copy_(dist.u)
-        record("linear_best", best, 0.0)
+        def fit_linear():
+            lin = bl.LinearModel(syn.d, device=dev)
+            record("linear", lin, sgd(lin, lb.linear_steps, lb.linear_lr))
+            lin_adv = bl.LinearModel(syn.d, device=dev)  # FGM is the exact worst case of a linear model
+            record("linear_adv", lin_adv, sgd(lin_adv, lb.linear_steps, lb.linear_lr, "fgm", start=lin))
+            best = bl.LinearModel(syn.d, device=dev)
+            with torch.no_grad():
+                best.w.copy_(dist.u)
+            record("linear_best", best, 0.0)
 
-    def kernel_pair(kernel, name):
-        t = time.perf_counter()
-        record(name, bl.fit_kernel_ridge(kernel, X, Y, lb.ridge), time.perf_counter() - t)
-        t = time.perf_counter()
-        m = bl.fit_kernel_adversarial(kernel, X, Y, tau, norm, lb.ridge, lb.adv_rounds, lb.adv_attack_steps, gen)
-        record(name + "_adv", m, time.perf_counter() - t)
+        stage("linear", fit_linear, rebuild_with(lambda name, st: bl.LinearModel(syn.d, device=dev)))
+
+    def kernel_stage(kernel, name):
+        def fit():
+            t = time.perf_counter()
+            record(name, bl.fit_kernel_ridge(kernel, X, Y, lb.ridge), time.perf_counter() - t)
+            t = time.perf_counter()
+            m = bl.fit_kernel_adversarial(kernel, X, Y, tau, norm, lb.ridge, lb.adv_rounds, lb.adv_attack_steps, gen)
+            record(name + "_adv", m, time.perf_counter() - t)
+
+        stage(name, fit, lambda states: {n: bl.KernelModel(kernel, st["centres"].to(dev), st["alpha"].to(dev))
+                                         for n, st in states.items()})
 
     if "poly" in lb.models:
         scale = (X * X).sum(1).mean().item()
         for p in lb.degrees:
-            kernel_pair(bl.PolyKernel(p, scale), f"poly_{p}")
+            kernel_stage(bl.PolyKernel(p, scale), f"poly_{p}")
     if "ntk" in lb.models:
         k = bl.NTKKernel(init_net)
         k.scale = k.mean_diag(X)
-        kernel_pair(k, "ntk")
+        kernel_stage(k, "ntk")
     if "ntk_linearised" in lb.models:
-        ln = bl.LinearisedNet(init_net, x_ref=X)
-        record("ntk_linearised", ln, sgd(ln, lb.lin_steps, lb.lin_lr))
-        ln_adv = bl.LinearisedNet(init_net, x_ref=X)
-        record("ntk_linearised_adv", ln_adv, sgd(ln_adv, lb.lin_adv_steps, lb.lin_lr, "pgd", start=ln))
+        def fit_linearised():
+            ln = bl.LinearisedNet(init_net, x_ref=X)
+            record("ntk_linearised", ln, sgd(ln, lb.lin_steps, lb.lin_lr))
+            ln_adv = bl.LinearisedNet(init_net, x_ref=X)
+            record("ntk_linearised_adv", ln_adv, sgd(ln_adv, lb.lin_adv_steps, lb.lin_lr, "pgd", start=ln))
+
+        stage("ntk_linearised", fit_linearised,
+              rebuild_with(lambda name, st: bl.LinearisedNet(init_net, x_ref=X)))
     if "sparse_poly" in lb.models:
         p = lb.sparse_poly_degree
-        record(f"sparse_poly_{p}", bl.SparsePolynomial(dist, p).to(s.device), 0.0)
+        stage(f"sparse_poly_{p}", lambda: record(f"sparse_poly_{p}", bl.SparsePolynomial(dist, p).to(dev), 0.0),
+              rebuild_with(lambda name, st: bl.SparsePolynomial(dist, p).to(dev)))
 
     result["seconds"] = round(time.perf_counter() - t0, 2)
+    ck.done()
     if keep_models:
         result["_models"] = models
         result["_setup"] = s

@@ -35,7 +35,19 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     device = device or os.environ.get("FP_DEVICE")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string like 'cpu' or 'cuda', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, mps (also via FP_DEVICE)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; allowed: cpu, cuda, cuda:N, mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use cpu")
+    return dev
 
 
 def seed_everything(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -81,7 +93,7 @@ def environment(profile: str | None = None, device: str | torch.device | None = 
         "device_name": device_name(dev),
         "fp_helpers": __version__,
         "commit": git_commit(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
 
 

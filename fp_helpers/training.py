@@ -20,6 +20,10 @@ from .sparse_coding import SparseCoding
 TRAIN_ATTACKS = ("none", "fgm", "pgd")
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 20000
@@ -41,13 +45,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not isinstance(self.train_size, int) or self.train_size < 0:
             raise ValueError(f"train_size must be an int >= 0 (0 = fresh samples), got {self.train_size!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if not (_is_number(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if self.attack not in TRAIN_ATTACKS:
             raise ValueError(f"unknown training attack {self.attack!r}; allowed: {', '.join(TRAIN_ATTACKS)}")
-        if not (self.tau >= 0 and math.isfinite(self.tau)):
+        if not (_is_number(self.tau) and self.tau >= 0 and math.isfinite(self.tau)):
             raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
-        if not 0 <= self.beta_ramp <= 1:
+        if not (_is_number(self.beta_ramp) and 0 <= self.beta_ramp <= 1):
             raise ValueError(f"beta_ramp must lie in [0, 1], got {self.beta_ramp!r}")
         check_norm(self.norm)
         return self
@@ -116,6 +120,14 @@ def train(net, dist: SparseCoding, cfg: TrainConfig, generator: torch.Generator,
     Any model with ``grads``/``sgd_step`` (the two-layer network, :mod:`fp_helpers.baselines`) can be trained.
     """
     cfg = cfg.validate()
+    if data is not None:
+        from .attacks import check_batch
+
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise TypeError(f"data must be a pair (X, Y) of tensors, got {type(data).__name__}")
+        check_batch(*data)
+        if data[0].shape[1:] != (dist.d,):
+            raise ValueError(f"data X has points of shape {tuple(data[0].shape[1:])}, the distribution's are ({dist.d},)")
     hist = History()
     batches = _Batches(dist, cfg, generator, data)
     target_beta = float(getattr(getattr(net, "config", None), "beta", 0.0))

@@ -3,7 +3,8 @@
     FP_PROFILE=full python scripts/execute_notebooks.py book/*.ipynb
 
 Writes each notebook back with its outputs, and appends one line per notebook to
-results/execution_times.json (notebook, profile, device, seconds, date).
+results/execution_times.json (notebook, profile, device, seconds, commit, date, and the provenance block of
+fp_helpers.provenance: versions, code fingerprint of the whole package, date and time).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fp_helpers import runs  # noqa: E402
-from fp_helpers.__main__ import write_json_atomic  # noqa: E402
+from fp_helpers import provenance, runs  # noqa: E402
+from fp_helpers.provenance import write_json_atomic  # noqa: E402
 
 
 def main(paths: list[str]) -> int:
@@ -35,9 +36,13 @@ def main(paths: list[str]) -> int:
         nbformat.write(nb, path)
         log[f"{path.stem}@{env['profile']}"] = {"notebook": str(path), "profile": env["profile"], "device": env["device_name"],
                                               "seconds": round(seconds, 1), "commit": env["commit"],
-                                              "date": dt.date.today().isoformat()}
+                                              "date": dt.date.today().isoformat(),
+                                              "config": {"FP_PROFILE": env["profile"]},
+                                              "provenance": provenance.record(
+                                                  "package", env["profile"],
+                                                  command=f"FP_PROFILE={env['profile']} python scripts/execute_notebooks.py {path}")}
+        write_json_atomic(log_path, log)  # after each notebook: an interrupted batch keeps what it measured
         print(f"{path}: {seconds:.1f}s at profile {env['profile']} on {env['device_name']}", flush=True)
-    write_json_atomic(log_path, log)
     return 0
 
 
