@@ -1,0 +1,186 @@
+"""The benchmarks (fp_helpers.bench) at tiny sizes: they run, measure what they claim, time the same
+maths in both loops, write the promised JSON, and refuse bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fp_helpers import bench
+from fp_helpers.__main__ import main
+from fp_helpers.cifar_models import make_model
+from fp_helpers.cifar_train import CifarTrainConfig
+
+TINY_CIFAR = {"batch": 4, "batches": 1, "warmup": 1, "width": 4}
+TINY_SYNTHETIC = {"d": 30, "k": 3, "m": 10, "batch": 8, "steps": 3}
+TINY_NTK = {"d": 30, "m": 10, "n_small": 8, "n_gram": 20}
+ENV_FIELDS = ("device", "device_name", "threads", "torch", "date", "fp_helpers", "commit", "dirty")
+
+
+@pytest.fixture(autouse=True)
+def _fast(monkeypatch):
+    """One thread (tiny models; immune to a neighbour on the CI cores) and a small matmul for the peak."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    matmul, conv = bench.matmul_peak, bench.conv_peak
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: matmul(device, dtype, n=128, reps=1, min_seconds=0.01))
+    monkeypatch.setattr(bench, "conv_peak", lambda device, dtype: conv(device, dtype, batch=2, reps=1, min_seconds=0.01))
+    yield
+    torch.set_num_threads(old)
+
+
+def test_bench_cifar_runs_both_loops_and_reports_positive_speeds():
+    r = bench.bench_cifar(device="cpu", verbose=False, **TINY_CIFAR)
+    assert set(r["variants"]) == {"naive", "ours_fp32", "ours_bf16"}  # CPU: both precisions of ours
+    for name, v in r["variants"].items():
+        assert v["images_per_s"] > 0 and v["seconds_per_epoch"] > 0, name
+        assert 0 < v["peak_fraction"] and 0 < v["conv_peak_fraction"] and v["tflops"] > 0, name
+        assert v["tflops"] == pytest.approx(r["flops_per_image"]["useful_step"] * v["images_per_s"] / 1e12)
+        assert 0 < v["cpu_utilisation"] <= 1.5, name
+        assert v["precision"] == v["peak_reference"] in r["peak_tflops"]  # CPU: the variant's own precision
+        assert v["seconds_per_epoch"] == pytest.approx(50_000 / v["images_per_s"])
+    assert r["ours"] in ("ours_fp32", "ours_bf16")
+    assert r["variants"][r["ours"]]["images_per_s"] == max(r["variants"][k]["images_per_s"] for k in ("ours_fp32", "ours_bf16"))
+    assert r["speedup"] == pytest.approx(r["variants"][r["ours"]]["images_per_s"] / r["variants"]["naive"]["images_per_s"])
+    assert r["batch"] == 4 and r["images_timed"] == 4 and r["width"] == 4
+    only_fp32 = bench.bench_cifar(device="cpu", verbose=False, cpu_bf16=False, **TINY_CIFAR)
+    assert set(only_fp32["variants"]) == {"naive", "ours_fp32"}
+
+
+def test_flop_count_is_five_forwards_for_ours_and_six_for_the_naive_loop():
+    f = bench.cifar_flops(width=4)
+    # a conv's input gradient and its weight gradient each cost one forward; the first conv's input
+    # gradient (an image gradient) is the one piece both steps need and the "5F / 6F" rule slightly misses
+    assert f["ours_step"] == pytest.approx(5 * f["forward"], rel=0.02)
+    assert f["naive_step"] == pytest.approx(6 * f["forward"], rel=0.02)
+    assert f["naive_step"] - f["ours_step"] == pytest.approx(f["forward"], rel=0.02)
+    # PreAct ResNet-18 at width 64: 0.56 G multiply-adds per 32x32 image
+    assert bench.cifar_flops(width=64)["forward"] == pytest.approx(1.11e9, rel=0.01)
+
+
+def _one_step(kind, amp=False, seed=5, batch=8):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    cfg = CifarTrainConfig(batch_size=batch, lr=0.05, attack="fgsm_rs", channels_last=True).validate()
+    model = make_model("preact_resnet18", seed=seed, width=4).train()
+    gen = torch.Generator().manual_seed(seed + 1)
+    if kind == "naive":
+        # fp_helpers' l-inf random start draws a Gaussian (used only for l2) before its uniform numbers:
+        # skip as many in the naive loop's stream, so that both start from the same random point
+        torch.randn(x.shape, generator=gen)
+        step = bench.naive_fgsm_rs_step_fn(model, x, y, cfg.eps, cfg.alpha, cfg.lr, cfg.momentum, cfg.weight_decay, gen)
+    else:
+        model = model.to(memory_format=torch.channels_last)
+        step = bench.ours_fgsm_rs_step_fn(model, x, y, cfg, amp=amp, generator=gen)
+    loss = step()
+    return loss.float().item(), {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def test_both_loops_do_the_same_maths():
+    naive_loss, naive_w = _one_step("naive")
+    ours_loss, ours_w = _one_step("ours")
+    # fp32 on CPU: the same loss and the same weights after one SGD step, up to NCHW / channels-last rounding
+    assert ours_loss == pytest.approx(naive_loss, rel=1e-4)
+    for k in naive_w:
+        torch.testing.assert_close(ours_w[k], naive_w[k], rtol=1e-4, atol=1e-5, msg=k)
+    # bf16 autocast: the same step, rounded
+    bf16_loss, _ = _one_step("ours", amp=True)
+    assert bf16_loss == pytest.approx(naive_loss, abs=0.05)
+    # a different batch gives a different loss (the comparison above is not vacuous)
+    assert _one_step("naive", seed=6)[0] != pytest.approx(naive_loss, rel=1e-4)
+
+
+def test_bench_all_writes_the_json_with_environment_and_figures(tmp_path):
+    out = tmp_path / "bench" / "cpu.json"
+    r = bench.bench_all(out, device="cpu", synthetic=TINY_SYNTHETIC, ntk=TINY_NTK, cifar=TINY_CIFAR, verbose=False)
+    saved = json.loads(out.read_text())
+    assert [p.name for p in out.parent.iterdir()] == ["cpu.json"]  # atomic: no temporary file left
+    for key in ENV_FIELDS:
+        assert key in saved["environment"], key
+    assert saved["environment"]["device"] == "cpu" and saved["environment"]["threads"] == 1
+    assert saved["environment"]["device_name"].startswith("CPU (")
+    for mode in ("clean", "fgm"):
+        assert saved["synthetic"][mode]["speedup"] > 0
+    assert saved["ntk"]["ratio"] > 0 and saved["ntk"]["gram_shape"] == [20, 20]
+    assert saved["cifar"]["speedup"] > 0 and saved["cifar"]["peak_tflops"]["fp32"] > 0
+    assert saved["cifar"]["variants"]["naive"]["images_per_s"] > 0
+    assert saved["seconds"] > 0 and saved == json.loads(json.dumps(r))
+
+
+def test_default_path_is_named_after_the_device():
+    slug = bench.device_slug("cpu")
+    assert slug.startswith("cpu-") and slug.endswith(f"-{torch.get_num_threads()}-threads")
+    assert all(c.isalnum() or c == "-" for c in slug)
+    assert str(bench.default_bench_path("cpu")) == f"results/bench/{slug}.json"
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"batch": 0}, "batch must be an int >= 1, got 0"),
+    ({"batches": -1}, "batches must be an int >= 1"),
+    ({"batch": 2.5}, "batch must be an int"),
+    ({"device": "tpu"}, "device 'tpu'"),
+    ({"compile": "yes"}, "compile must be True or False"),
+])
+def test_bench_cifar_rejects_bad_input(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        bench.bench_cifar(**{"device": "cpu", "verbose": False, **TINY_CIFAR, **kw})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        bench.bench_cifar(device="cuda", verbose=False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        bench.bench_all(tmp_path / "x.json", device="cuda", verbose=False)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_bench_rejects_bad_input_and_writes_cifar_json(tmp_path, capsys):
+    assert main(["bench", "cifar", "--batch", "0", "--device", "cpu"]) == 2
+    assert "batch must be an int >= 1, got 0" in capsys.readouterr().err
+    assert main(["bench", "all", "--device", "tpu", "--out", str(tmp_path / "a.json")]) == 2
+    assert "device 'tpu'" in capsys.readouterr().err and not (tmp_path / "a.json").exists()
+    out = tmp_path / "c.json"
+    assert main(["bench", "cifar", "--device", "cpu", "--batch", "2", "--batches", "1", "--warmup", "0",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "images/s" in printed and "ours (ours_" in printed
+    saved = json.loads(out.read_text())
+    assert saved["cifar"]["batch"] == 2 and saved["cifar"]["width"] == 64
+    for key in ENV_FIELDS:
+        assert key in saved["environment"], key
+
+
+def test_notebook_times_table_and_markdown(tmp_path):
+    log = {
+        "cifar10@full": {"notebook": "book/cifar10.ipynb", "profile": "full", "device": "NVIDIA H100 80GB HBM3",
+                         "seconds": 312.0, "date": "2026-12-01", "commit": "abc"},
+        "theory@quick": {"notebook": "book/theory.ipynb", "profile": "quick", "device": "CPU (x86_64, 2 threads)",
+                         "seconds": 3.0, "date": "2026-11-30", "commit": "abc"},
+        "theory@full": {"notebook": "book/theory.ipynb", "profile": "full", "device": "CPU (x86_64, 1 threads)",
+                        "seconds": 8.9, "date": "2026-11-25", "commit": "def"},
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(log))
+    rows = bench.notebook_times_table(path)
+    assert [(r["chapter"], r["profile"]) for r in rows] == [("theory", "quick"), ("theory", "full"), ("cifar10", "full")]
+    assert rows[1]["threads"] == 1 and not rows[1]["gpu"] and rows[2]["gpu"] and rows[2]["threads"] is None
+    md = bench.notebook_times_markdown(path).splitlines()
+    assert md[0] == "| chapter | quick, CPU | full, CPU | full, GPU |"
+    assert md[2] == "| `theory` | 3.0 s (2026-11-30) | 8.9 s, 1 thread (2026-11-25) | not measured |"
+    assert md[3] == "| `cifar10` | not measured | not measured | 5.2 min on NVIDIA H100 80GB HBM3 (2026-12-01) |"
+    assert bench.notebook_times_markdown(path, all_columns=True).splitlines()[0] == \
+        "| chapter | quick, CPU | full, CPU | full, GPU |"
+    path.write_text(json.dumps({k: v for k, v in log.items() if k != "theory@quick"}))
+    assert bench.notebook_times_markdown(path).splitlines()[0] == "| chapter | full, CPU | full, GPU |"
+    assert bench.notebook_times_markdown(path, all_columns=True).splitlines()[0] == \
+        "| chapter | quick, CPU | full, CPU | full, GPU |"
+    path.write_text(json.dumps({"x@full": {"profile": "full"}}))
+    with pytest.raises(ValueError, match="no 'seconds'"):
+        bench.notebook_times_table(path)
+
+
+def test_the_repository_execution_times_parse():
+    rows = bench.notebook_times_table(Path(__file__).resolve().parents[1] / "results" / "execution_times.json")
+    assert rows and all(r["seconds"] > 0 and r["date"] for r in rows)
