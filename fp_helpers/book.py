@@ -21,8 +21,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: st
     from IPython.display import Markdown
 
     def fmt(v):
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
+        # a literal "|" (|cos|, norms) would end the cell: escape it
+        return (format(v, floatfmt) if isinstance(v, float) else str(v)).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return Markdown("\n".join(lines))

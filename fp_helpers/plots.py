@@ -227,3 +227,26 @@ def epoch_curves(histories: Mapping[str, Mapping]):
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def lowrank_study(study: Mapping):
+    """Left: cumulative energy share of the adversarial update in its top-r directions. Right: clean and PGD
+    accuracy of the clean weights plus the update truncated to rank r (and of rank-r training)."""
+    spec = study["spectrum"]
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(8.0, 3.2))
+    share = _np(spec.energy_share)
+    a0.plot(np.arange(1, len(share) + 1), share, color=PALETTE["adversarial"])
+    a0.set(xscale="log", xlabel="rank r", ylabel="energy share of the update", ylim=(0, 1.02),
+           title="spectrum of $W_{adv} - W_{clean}$")
+    tr = study["truncated"]
+    ranks = sorted(tr)
+    a1.plot(ranks, [tr[r]["clean_acc"] for r in ranks], "o-", color=PALETTE["clean"], label="truncated: clean acc")
+    a1.plot(ranks, [tr[r]["robust_acc"] for r in ranks], "o-", color=PALETTE["adversarial"], label="truncated: PGD acc")
+    if study.get("trained"):
+        t = study["trained"]
+        a1.plot(sorted(t), [t[r]["robust_acc"] for r in sorted(t)], "s--", color=PALETTE["linear"],
+                label="rank-r training: PGD acc")
+    a1.set(xscale="log", xlabel="rank r", ylabel="accuracy", ylim=(0, 1.02), title="rank-r updates")
+    a1.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -125,3 +125,49 @@ def spectral_energy_share(t: torch.Tensor, min_radius: float) -> torch.Tensor:
     radius = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
     high = (power * (radius >= min_radius)).sum((-2, -1))
     return (high / power.sum((-2, -1)).clamp_min(1e-300)).float()
+
+
+@dataclass
+class UpdateSpectrum:
+    """Singular-value profile of a weight update ``Delta = W_to - W_from`` (the low-rank question)."""
+
+    singular_values: torch.Tensor  # (min(m, d),), descending
+    energy_share: torch.Tensor  # cumulative share of ||Delta||_F^2 in the top 1, 2, ... directions
+    relative_size: float  # ||Delta||_F / ||W_from||_F
+    top_direction: torch.Tensor  # first right singular vector of Delta, shape (d,)
+
+    def share(self, rank: int) -> float:
+        """Share of the update's energy that the best rank-``rank`` approximation keeps."""
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive int, got {rank!r}")
+        return self.energy_share[min(rank, len(self.energy_share)) - 1].item()
+
+
+def update_spectrum(W_from: torch.Tensor, W_to: torch.Tensor) -> UpdateSpectrum:
+    """How low-rank is the update that took ``W_from`` (e.g. the clean weights) to ``W_to`` (adversarial)?"""
+    _check(W_from)
+    if W_from.shape != W_to.shape:
+        raise ValueError(f"shape mismatch: {tuple(W_from.shape)} vs {tuple(W_to.shape)}")
+    delta = (W_to - W_from).double()
+    _, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    energy = S.pow(2)
+    share = energy.cumsum(0) / energy.sum().clamp_min(1e-300)
+    rel = (delta.norm() / W_from.double().norm().clamp_min(1e-300)).item()
+    return UpdateSpectrum(S.float(), share.float(), rel, Vh[0].to(W_from.dtype))
+
+
+def truncated_update(W_from: torch.Tensor, W_to: torch.Tensor, rank: int) -> torch.Tensor:
+    """``W_from + Delta_r``: the update replaced by its best rank-``rank`` approximation (Eckart-Young).
+
+    This is the best any rank-``rank`` method could do *if* it had to land near ``W_to``: when the
+    truncated network is not robust, the robust solution that adversarial training found is not low-rank.
+    """
+    _check(W_from)
+    if W_from.shape != W_to.shape:
+        raise ValueError(f"shape mismatch: {tuple(W_from.shape)} vs {tuple(W_to.shape)}")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    delta = (W_to - W_from).double()
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    r = min(rank, S.numel())
+    return W_from + ((U[:, :r] * S[:r]) @ Vh[:r]).to(W_from.dtype)

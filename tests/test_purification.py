@@ -35,3 +35,29 @@ def test_bad_shapes_are_rejected():
         pur.decompose(torch.zeros(3, 4), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="2-d"):
         pur.atom_spectrum(torch.zeros(4), torch.eye(4))
+
+
+def test_update_spectrum_finds_a_planted_low_rank_update():
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(40, 60, generator=g)
+    a, b = torch.randn(40, 1, generator=g), torch.randn(60, generator=g)
+    spec = pur.update_spectrum(W, W + a * b)  # rank-1 update along b
+    assert spec.share(1) > 0.999
+    assert abs(torch.dot(spec.top_direction, b / b.norm()).item()) > 0.999
+    # a dense random update spreads its energy: the top direction keeps a small share
+    dense = pur.update_spectrum(W, W + torch.randn(40, 60, generator=g))
+    assert dense.share(1) < 0.2 and dense.share(40) > 0.999
+    assert torch.all(dense.energy_share[1:] >= dense.energy_share[:-1])
+
+
+def test_truncated_update_is_the_best_rank_r_approximation():
+    g = torch.Generator().manual_seed(2)
+    W, W2 = torch.randn(20, 30, generator=g), torch.randn(20, 30, generator=g)
+    assert torch.allclose(pur.truncated_update(W, W2, 20), W2, atol=1e-4)  # full rank: exact
+    errs = [(pur.truncated_update(W, W2, r) - W2).norm().item() for r in (1, 2, 5, 10)]
+    assert errs == sorted(errs, reverse=True)  # more rank, smaller error
+    spec = pur.update_spectrum(W, W2)
+    # Eckart-Young: the residual energy equals the discarded singular values' energy
+    assert abs(errs[0] ** 2 / (W2 - W).norm().item() ** 2 - (1 - spec.share(1))) < 1e-4
+    with pytest.raises(ValueError, match="rank"):
+        pur.truncated_update(W, W2, 0)
