@@ -4,6 +4,8 @@ Every heavy computation the book shows lives here; the notebooks only call it.
 Modules (one job each):
 
 - ``runs``          profiles, device, seeds, config overrides, the version banner
+- ``provenance``    what made each result (config, versions, code fingerprint, date) and stale-result warnings
+- ``checkpoints``   resumable long runs: each completed stage saved atomically, skipped on a rerun
 - ``sparse_coding`` the sparse-coding data distribution ``x = M z + xi``
 - ``networks``      the two-layer network with an odd smoothed (thresholded) ReLU
 - ``attacks``       FGM and PGD in l2 / l-inf, the dense-direction attack, robust accuracy
@@ -17,7 +19,7 @@ Modules (one job each):
 - ``cifar_train``   clean / FGSM-RS / PGD training with checkpoints, resume, overfitting check
 - ``cifar_experiments`` the CIFAR-10 experiment (``run cifar``), layer comparisons, load-else-train
 - ``plots``         one plotting style and the book's figures
-- ``bench``         speed benchmarks (``python -m fp_helpers bench synthetic|ntk``)
+- ``bench``         speed benchmarks (``python -m fp_helpers bench synthetic|ntk|cifar|all``), notebook times
 """
 
 __version__ = "0.1.0"

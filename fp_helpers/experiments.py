@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field  # noqa: F401
 
 import torch
 
 from . import purification as pur
 from .attacks import AttackSpec, accuracy, robust_accuracy
 from .networks import LowRankTwoLayerNet, NetConfig, TwoLayerNet
-from .runs import apply_overrides, check_norm, environment, get_device, get_profile, seed_everything
+from .checkpoints import open_run
+from .provenance import stamp
+from .runs import apply_overrides, check_norm, get_device, get_profile, seed_everything
 from .sparse_coding import SparseCoding, SparseCodingConfig
 from .training import History, TrainConfig, train
 
@@ -151,14 +153,19 @@ def evaluate(net, s: Setup, W0: torch.Tensor | None = None, tau: float | None = 
     return out
 
 
-def progress_eval(s: Setup, W0: torch.Tensor, n: int = 500, pgd_steps: int = 10):
-    """A cheap ``eval_fn`` for training histories: accuracy, PGD robustness, purification medians."""
+def progress_eval(s: Setup, W0: torch.Tensor, n: int = 500, pgd_steps: int = 10, W_clean: torch.Tensor | None = None):
+    """A cheap ``eval_fn`` for training histories: accuracy, PGD robustness, purification medians, and, given
+    the clean weights ``W_clean`` an adversarial run started from, the principle's decomposition so far."""
     x, y = s.x_eval[:n], s.y_eval[:n]
     spec = AttackSpec("pgd", s.cfg.norm, pgd_steps, 1)
 
     def fn(step, net):
         row = {"clean_acc": accuracy(net, x, y), "robust_acc": robust_accuracy(net, x, y, s.cfg.tau, spec)}
         row.update(pur.summary(net.weight.detach(), s.dist.M, s.dist.u, W0))
+        if W_clean is not None and step > 0:
+            dec = pur.decompose(W_clean, net.weight.detach())
+            row["principle_holds"] = dec.holds_fraction
+            row["principle_ratio_median"] = dec.ratio.median().item()
         return row
 
     return fn
@@ -182,7 +189,8 @@ def train_adversarial(s: Setup, start: TwoLayerNet, W0: torch.Tensor, steps: int
         net = LowRankTwoLayerNet(start, rank, generator=s.gen)
     net.beta = start.beta
     tcfg = s.cfg.adv_train_config(steps, lowrank=rank is not None)
-    hist = train(net, s.dist, tcfg, s.gen, eval_fn=progress_eval(s, W0), snapshot_steps=snapshot_steps,
+    hist = train(net, s.dist, tcfg, s.gen, eval_fn=progress_eval(s, W0, W_clean=start.weight.detach()),
+                 snapshot_steps=snapshot_steps,
                  progress=progress, desc=f"{tcfg.attack} training" + (f" (rank {rank})" if rank else ""))
     return net, hist
 
@@ -201,21 +209,73 @@ class SyntheticRun:
     metrics: dict = field(default_factory=dict)
 
 
+def _net_state(net) -> dict:
+    return {"W": net.weight.detach().cpu().clone(), "beta": float(net.beta)}
+
+
+def _net_from_state(cfg: SyntheticConfig, state: dict, device) -> TwoLayerNet:
+    net = TwoLayerNet(cfg.d, cfg.net_config(), weight=state["W"].to(device))
+    net.beta = state["beta"]
+    return net
+
+
+def _history_state(h: History) -> dict:
+    return {"rows": h.rows, "snapshots": {k: v.cpu() for k, v in h.snapshots.items()}}
+
+
+def _history_from_state(state: dict, device) -> History:
+    return History(rows=state["rows"], snapshots={k: v.to(device) for k, v in state["snapshots"].items()})
+
+
+def _rng_state(s: Setup) -> dict:
+    return {"gen": s.gen.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: Setup, state: dict) -> None:
+    s.gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch"])
+
+
+def _check_config(cfg) -> SyntheticConfig:
+    if not isinstance(cfg, SyntheticConfig):
+        raise TypeError(f"cfg must be a SyntheticConfig (see synthetic_config), got {type(cfg).__name__}")
+    return cfg.validate()
+
+
 def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool = True,
-                  profile: str | None = None) -> SyntheticRun:
-    """Clean training, then FGM adversarial training from the clean weights; evaluate both."""
-    cfg = cfg.validate()
+                  profile: str | None = None, checkpoint_dir=None) -> SyntheticRun:
+    """Clean training, then FGM adversarial training from the clean weights; evaluate both.
+
+    Each training stage is checkpointed when it completes (:mod:`fp_helpers.checkpoints`; ``checkpoint_dir``
+    as there, ``False``: none): an interrupted run resumes after its last completed stage and ends with the
+    same weights and numbers as an uninterrupted one. The metrics carry ``config`` and ``provenance``.
+    """
+    cfg = _check_config(cfg)
     t0 = time.perf_counter()
     s = setup(cfg, device)
-    clean, W0, h_clean = train_clean(s, progress)
-    adv, h_adv = train_adversarial(s, clean, W0, progress=progress)
+    ck = open_run("synthetic", cfg, checkpoint_dir, s.device)
+    saved = ck.load("clean")
+    if saved is None:
+        clean, W0, h_clean = train_clean(s, progress)
+        ck.save("clean", {"W0": W0.cpu(), "net": _net_state(clean), "history": _history_state(h_clean),
+                          "rng": _rng_state(s)})
+    else:
+        W0, clean = saved["W0"].to(s.device), _net_from_state(cfg, saved["net"], s.device)
+        h_clean = _history_from_state(saved["history"], s.device)
+        _set_rng_state(s, saved["rng"])
+    saved = ck.load("adversarial")
+    if saved is None:
+        adv, h_adv = train_adversarial(s, clean, W0, progress=progress)
+        ck.save("adversarial", {"net": _net_state(adv), "history": _history_state(h_adv), "rng": _rng_state(s)})
+    else:
+        adv, h_adv = _net_from_state(cfg, saved["net"], s.device), _history_from_state(saved["history"], s.device)
+        _set_rng_state(s, saved["rng"])
     dec = pur.decompose(clean.weight.detach(), adv.weight.detach())
     metrics = {
-        "config": asdict(cfg),
-        "environment": environment(profile, device=s.device),
         "clean": evaluate(clean, s, W0, curves=curves),
         "adversarial": evaluate(adv, s, W0, curves=curves),
     }
+    stamp(metrics, "synthetic", cfg, profile, s.device)
     for key in ("clean", "adversarial"):
         metrics[key]["principle_ratio_median"] = dec.ratio.median().item()
         metrics[key]["principle_holds_fraction"] = dec.holds_fraction
@@ -224,34 +284,74 @@ def run_synthetic(cfg: SyntheticConfig, device=None, progress=None, curves: bool
         "holds_fraction": dec.holds_fraction,
         "cos_clean_adv_median": pur.abs_cos_rows(clean.weight.detach(), adv.weight.detach()).median().item(),
     }
+    # the adversarial run's trajectory (accuracy, robustness, purification, principle over FGM steps)
+    metrics["adversarial_history"] = [{k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+                                      for row in h_adv.rows]
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    ck.done()
     return SyntheticRun(cfg, s, W0, clean, adv, h_clean, h_adv, metrics)
 
 
-def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=None, progress=None) -> dict:
+def _check_seeds(seeds) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be a list of non-negative ints, got {seeds!r}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed, e.g. [0, 1, 2]")
+    for sd in seeds:
+        if not isinstance(sd, int) or isinstance(sd, bool) or sd < 0:
+            raise ValueError(f"seeds must be non-negative ints, got {sd!r} in {seeds!r}")
+    return seeds
+
+
+def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=None, progress=None,
+                checkpoint_dir=None) -> dict:
     """Robust-accuracy curves over ``cfg.radii`` for several seeds: ``{"clean": (S, R), "adversarial": (S, R)}``
-    plus each seed's headline metrics (``runs``)."""
+    plus each seed's headline metrics (``runs``).
+
+    Each seed is a checkpointed unit (:mod:`fp_helpers.checkpoints`): an interrupted sweep skips the seeds it
+    completed (and resumes the current one after its last training stage); the result is the same."""
     import numpy as np
 
+    cfg, seeds = _check_config(cfg), _check_seeds(seeds)
+    dev = get_device(device)
+    ck = open_run("seed_curves", apply_overrides(cfg, {"seed": 0}), checkpoint_dir, dev, adversarial=bool(adversarial))
     curves: dict[str, list] = {"clean": [], "adversarial": []}
     runs, full_runs = [], []
     for seed in seeds:
         c = apply_overrides(cfg, {"seed": int(seed)})
+        saved = ck.load(f"seed{seed}")
         if adversarial:
-            r = run_synthetic(c, device=device, progress=progress)
+            if saved is None:
+                r = run_synthetic(c, device=dev, progress=progress, checkpoint_dir=checkpoint_dir)
+                ck.save(f"seed{seed}", {"W0": r.W0.cpu(), "clean": _net_state(r.clean),
+                                        "adversarial": _net_state(r.adversarial),
+                                        "clean_history": _history_state(r.clean_history),
+                                        "adv_history": _history_state(r.adv_history), "metrics": r.metrics,
+                                        "rng": _rng_state(r.setup)})
+            else:
+                s = setup(c, dev)
+                _set_rng_state(s, saved["rng"])
+                r = SyntheticRun(c, s, saved["W0"].to(dev), _net_from_state(c, saved["clean"], dev),
+                                 _net_from_state(c, saved["adversarial"], dev),
+                                 _history_from_state(saved["clean_history"], dev),
+                                 _history_from_state(saved["adv_history"], dev), saved["metrics"])
             curves["adversarial"].append(r.metrics["adversarial"]["robust_curve"])
             runs.append(r.metrics)
             full_runs.append(r)
         else:
-            s = setup(c, device)
-            net, W0, _ = train_clean(s, progress)
-            m = evaluate(net, s, W0, curves=True)
-            runs.append({"clean": m})
+            if saved is None:
+                s = setup(c, dev)
+                net, W0, _ = train_clean(s, progress)
+                saved = {"metrics": {"clean": evaluate(net, s, W0, curves=True)}}
+                ck.save(f"seed{seed}", saved)
+            runs.append(saved["metrics"])
         curves["clean"].append(runs[-1]["clean"]["robust_curve"])
     out = {k: np.array(v) for k, v in curves.items() if v}
     out["radii"] = np.array(cfg.radii)
     out["runs"] = runs  # each seed's metrics
     out["full_runs"] = full_runs  # each seed's SyntheticRun (networks, histories), when adversarial
+    ck.done()
     return out
 
 
@@ -277,17 +377,74 @@ REGIME_HEADER = ["run", "beta", "init std", "steps clean+FGM", "clean acc (clean
 
 
 def regime_rows(folder) -> list[list]:
-    """One table row per ``run synthetic`` JSON file in ``folder`` (the regime comparison of chapter 4)."""
-    import json
+    """One table row per ``run synthetic`` JSON file in ``folder`` (the regime comparison of chapter 4).
+
+    Each file is read with :func:`fp_helpers.provenance.load_result`: when some were made with another
+    config or by code that has changed since, one :class:`~fp_helpers.provenance.StaleResultWarning` names
+    them and says how to recompute them."""
+    import warnings
     from pathlib import Path
 
-    rows = []
-    for f in sorted(Path(folder).glob("*.json")):
-        r = json.loads(f.read_text())
+    from .provenance import StaleResultWarning, load_result
+
+    rows, stale = [], []
+    files = sorted(Path(folder).glob("*.json"))
+    for f in files:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StaleResultWarning)
+            r = load_result(f)
+        stale += [str(w.message) for w in caught if issubclass(w.category, StaleResultWarning)]
         c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
         rows.append([f.stem.split("_")[0], f"{conf['beta']:g}", f"{conf['init_std']:g}",
                      f"{conf['clean_steps']}+{conf['adv_steps']}", f"{c['clean_acc']:.3f} / {a['clean_acc']:.3f}",
                      f"{c['robust_acc']:.3f} / {a['robust_acc']:.3f}",
                      f"{c['cos_init_median']:.2f} / {a['cos_init_median']:.2f}",
                      f"{p['holds_fraction']:.2f}", f"{p['ratio_median']:.2f}"])
+    if stale:
+        script = Path(folder) / "run.sh"
+        how = f"bash {script}" if script.exists() else "the command in each file's provenance"
+        warnings.warn(StaleResultWarning(
+            f"{len(stale)} of {len(files)} results in {folder} may be stale; recompute them with {how}.\n"
+            + "\n".join(stale)), stacklevel=2)
     return rows
+
+
+LOWRANK_HEADER = ["rank r", "energy share of the full update", "truncated update: clean / PGD acc",
+                  "rank-r training: clean / PGD acc"]
+
+
+def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2, 4, 16, 64), progress=None) -> dict:
+    """Can adversarial training be done through a rank-``r`` update of the clean weights?
+
+    Two questions, on the same held-out points and attack as the rest of the run:
+    - *trained*: adversarial training of ``W_clean + A B^T`` only (LoRA-style factors), for each
+      ``trained_ranks`` (default ``cfg.lowrank_ranks``);
+    - *truncated*: the update that full-rank adversarial training made, ``W_adv - W_clean``, cut to its best
+      rank-``r`` approximation. If even this is not robust, the robust solution found is not low-rank.
+    Returns ``{"spectrum": UpdateSpectrum, "cos_top_u": float, "rows": [...]}`` with one row per rank
+    (``LOWRANK_HEADER``), plus the raw numbers in ``trained`` / ``truncated``.
+    """
+    cfg, s = run.cfg, run.setup
+    trained_ranks = tuple(cfg.lowrank_ranks if trained_ranks is None else trained_ranks)
+    Wc, Wa = run.clean.weight.detach(), run.adversarial.weight.detach()
+    spec = pur.update_spectrum(Wc, Wa)
+    full = min(Wc.shape)
+    trained, truncated = {}, {}
+    for r in trained_ranks:
+        net, _ = train_adversarial(s, run.clean, run.W0, rank=int(r), progress=progress)
+        ev = evaluate(net, s, run.W0)
+        trained[int(r)] = {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
+                           "mixture_norm_median": ev["mixture_norm_median"]}
+    for r in sorted(set(int(r) for r in truncation_ranks + trained_ranks if int(r) <= full)):
+        net = TwoLayerNet(cfg.d, run.clean.config, weight=pur.truncated_update(Wc, Wa, r))
+        net.beta = run.adversarial.beta
+        ev = evaluate(net, s, run.W0)
+        truncated[r] = {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"], "energy_share": spec.share(r)}
+    rows = []
+    for r in sorted(set(trained) | set(truncated)):
+        t, tr = truncated.get(r), trained.get(r)
+        rows.append([r, f"{spec.share(r):.3f}",
+                     f"{t['clean_acc']:.3f} / {t['robust_acc']:.3f}" if t else "-",
+                     f"{tr['clean_acc']:.3f} / {tr['robust_acc']:.3f}" if tr else "-"])
+    cos_top_u = abs(torch.dot(spec.top_direction, s.dist.u)).item()
+    return {"spectrum": spec, "cos_top_u": cos_top_u, "rows": rows, "trained": trained, "truncated": truncated}
