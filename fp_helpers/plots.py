@@ -250,3 +250,22 @@ def lowrank_study(study: Mapping):
     a1.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def principle_trajectory(history: Sequence[Mapping], title: str | None = None):
+    """Over FGM steps started from the clean network: PGD robust accuracy and the share of neurons for which
+    the principle holds (``||beta_i w_i'|| > ||v_i||``, with ``w_i'`` the network at that step)."""
+    rows = [r for r in history if "principle_holds" in r]
+    if not rows:
+        raise ValueError("history has no 'principle_holds' entries (log it with progress_eval(..., W_clean=...))")
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.0, 3.2))
+    ax.plot(steps, [r["robust_acc"] for r in rows], "o-", color=PALETTE["adversarial"], label="PGD robust accuracy")
+    ax.plot(steps, [r["principle_holds"] for r in rows], "s-", color=PALETTE["clean"],
+            label="share of neurons where the principle holds")
+    ax.plot(steps, [r["cos_init_median"] for r in rows], "^--", color=PALETTE["init"], label="median |cos(w, w0)|")
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set(xlabel="FGM steps from the clean network", ylabel="value", ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
