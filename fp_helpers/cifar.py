@@ -3,13 +3,17 @@
 ``load_cifar10`` takes the first of: (1) ``data_dir``, else ``$FP_DATA_DIR``: an ``.npz`` file, a
 ``cifar-10-batches-py`` folder, or a folder holding ``cifar10.npz`` (full), ``cifar-10-batches-py`` or
 ``cifar10_prefix.npz`` (subset), in that order; (2) ``<root>/cifar-10-batches-py`` with ``root = $FP_CACHE``
-or ``~/.cache/fp_helpers/cifar10``; (3) only with ``download=True``, a download into that root: from
-``mirror`` / ``$FP_CIFAR_MIRROR`` (a base URL holding ``cifar-10-python.tar.gz``, md5 checked here before
-extraction), else by torchvision from the slow official host (md5 checked by torchvision).
+or ``~/.cache/fp_helpers/cifar10``; (3) only with ``download=True`` (and ``FP_OFFLINE`` unset), a download
+into that root: from ``mirror`` / ``$FP_CIFAR_MIRROR`` (a base URL holding ``cifar-10-python.tar.gz``, md5
+checked here before extraction), else by torchvision from the slow official host (md5 checked by torchvision).
 
-Nothing found: ``FileNotFoundError`` naming all three. Corrupted or truncated files, bad arguments:
-``ValueError``. Images are float32 in [0, 1], NCHW; labels int64. ``Normalize`` goes inside the model,
-so attack radii are in pixel space.
+Nothing found: ``FileNotFoundError`` naming all three. Corrupted or truncated files (an npz against the
+sha256 of its ``manifest.json``, each torchvision batch file against the official md5 list), bad
+arguments: ``ValueError`` naming the file and the expected checksum. ``FP_OFFLINE=1`` (the default when ``CI``
+is set, so CI's notebook kernels never download; ``FP_OFFLINE=0`` allows it) turns a download into that
+``FileNotFoundError``.
+Images are float32 in [0, 1], NCHW; labels int64. ``Normalize`` goes inside the model, so attack radii
+are in pixel space.
 """
 
 from __future__ import annotations
@@ -95,13 +99,36 @@ def _check_file(path: Path, entry: dict) -> None:
     if key in _VERIFIED:
         return
     fix = f"re-copy {path.name} (with its manifest.json) from its source, or re-download it"
-    want = entry.get("bytes")
+    want, sha = entry.get("bytes"), entry["sha256_file"]
     if want is not None and st.st_size != want:
         raise ValueError(f"{path} is truncated or corrupted: {st.st_size:,} bytes, manifest.json says "
-                         f"{want:,}; {fix}")
-    if _digest(path) != entry["sha256_file"]:
-        raise ValueError(f"{path} is corrupted: its sha256 checksum does not match manifest.json; {fix}")
+                         f"{want:,} bytes with sha256 {sha}; {fix}")
+    actual = _digest(path)
+    if actual != sha:
+        raise ValueError(f"{path} is corrupted: its sha256 checksum is {actual}, manifest.json expects {sha}; {fix}")
     _VERIFIED.add(key)
+
+
+def _check_batches(folder: Path) -> None:
+    """md5 of every file of a torchvision folder against torchvision's list; names the file and both sums."""
+    from torchvision.datasets import CIFAR10
+
+    entries = list(CIFAR10.train_list) + list(CIFAR10.test_list) + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    for name, md5 in entries:
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{folder} is incomplete: {name} is missing (expected md5 {md5}); delete the folder and "
+                             f"re-copy it, or re-download it with load_cifar10(download=True)")
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        actual = _digest(path, "md5")
+        if actual != md5:
+            raise ValueError(f"{folder} is incomplete or corrupted: {path.name} has md5 {actual}, expected {md5} "
+                             f"(the official checksum); delete the folder and re-copy it, or re-download it with "
+                             f"load_cifar10(download=True)")
+        _VERIFIED.add(key)
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +182,7 @@ def _read_folder(folder: Path) -> CifarData:
     """A torchvision ``cifar-10-batches-py`` folder; torchvision checks the md5 of every batch file."""
     from torchvision.datasets import CIFAR10
 
+    _check_batches(folder)
     try:
         train, test = CIFAR10(folder.parent, train=True), CIFAR10(folder.parent, train=False)
     except (RuntimeError, OSError, EOFError) as e:
@@ -201,6 +229,14 @@ def _download_mirror(root: Path, mirror: str, progress: bool) -> str:
     return url
 
 
+def offline() -> bool:
+    """Whether downloads are forbidden: ``FP_OFFLINE`` (1/0), else whenever ``CI`` is set."""
+    value = os.environ.get("FP_OFFLINE", "").strip().lower()
+    if value:
+        return value not in ("0", "false", "no", "off")
+    return bool(os.environ.get("CI"))
+
+
 def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = False, mirror: str | None = None,
                  progress: bool | None = None) -> CifarData:
     """Load CIFAR-10 from the first option that has it (see the module docstring) as CPU tensors.
@@ -219,6 +255,12 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Fal
     if (root / FOLDER).is_dir():
         return _read_folder(root / FOLDER)
     mirror = mirror or os.environ.get("FP_CIFAR_MIRROR") or None
+    if download and offline():
+        why = f"FP_OFFLINE={os.environ['FP_OFFLINE']}" if os.environ.get("FP_OFFLINE") else "CI is set (FP_OFFLINE unset)"
+        raise FileNotFoundError(
+            f"CIFAR-10 not found ({given if given is not None else 'FP_DATA_DIR not set'}; no {root / FOLDER}), and "
+            f"downloads are disabled because {why}: point FP_DATA_DIR at a local copy, or set FP_OFFLINE=0 to "
+            f"download it")
     if download:
         root.mkdir(parents=True, exist_ok=True)
         if mirror:

@@ -3,26 +3,43 @@
 ``python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json``
 
 From one random initialisation: (a) clean training; (b) adversarial training from scratch (same
-initialisation); (c) adversarial training *started from the clean model*; (d) the same as (c) but
-every conv / linear weight restricted to ``W_clean + A B`` of rank r. All are evaluated with the same
-PGD on the same test images; the weights are compared layer by layer (cosines, the principle's ratio,
-relative change) and the first-layer filters and adversarial perturbations are analysed in frequency.
+initialisation); (c) adversarial training *started from the clean model* (``attack``, by default FGSM with
+random start, in ``norm`` at radius ``eps``); (c') the same with PGD training (``pgd_ft_steps`` steps of
+``eps/4``, for ``pgd_ft_epochs`` epochs: a PGD-7 epoch costs four FGSM-RS epochs, so fewer of them);
+(c'') the same as (c) in the other norm (l2 when ``norm`` is l-inf) at its radius ``other_eps``; (d) the
+same as (c) but every conv / linear weight restricted to ``W_clean + A B`` of rank r, batch norm trained
+(``lowrank_train_bn``), and a control of (d) at the largest rank with batch norm frozen, at the learning
+rates ``frozen_bn_lrs``. Radii default to the norm's standard one (l-inf 8/255, l2 0.5).
+
+All are evaluated with the same PGD (``eval_pgd_steps`` steps, ``eval_restarts`` starts) on the same test
+images, in the norm they were trained for ((c'') and, as its baseline, (a) in the other norm); the weights
+are compared layer by layer (cosines, the principle's ratio, relative change; for every run started from
+the clean model, its cosine with the clean weights) and the first-layer filters and adversarial
+perturbations are analysed in frequency.
 """
 
 from __future__ import annotations
 
 import copy
-import pickle
 import math
+import os
+import warnings
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import cifar, cifar_models as cm, purification as pur
 from .cifar_train import CifarTrainConfig, evaluate_cifar, train_cifar
-from .runs import apply_overrides, environment, get_device, get_profile, seed_everything
+from .checkpoints import open_run
+from .provenance import (StaleResultWarning, load_torch_checked, recompute_hint, save_torch_atomic, stale_reasons, stamp,
+                         write_json_atomic)
+from .runs import apply_overrides, check_norm, get_device, get_profile, seed_everything
+
+
+STANDARD_RADII = {"linf": 8 / 255, "l2": 0.5}  # the usual CIFAR-10 radii of each norm (images in [0, 1])
+OTHER_NORM = {"linf": "l2", "l2": "linf"}
 
 
 @dataclass(frozen=True)
@@ -31,45 +48,89 @@ class CifarConfig:
     width: int = 16  # small ResNet width (PreAct ResNet-18 keeps its standard 64)
     n_train: int = 0  # 0: every training image found (all 50,000 on Colab; the 8,380-image subset here)
     n_test: int = 0
-    holdout: int = 500  # training images held out for the catastrophic-overfitting check
+    holdout: int = 250  # training images held out for the catastrophic-overfitting check (all checked each epoch)
     eval_n: int = 500  # test images attacked for the reported numbers
     clean_epochs: int = 15
     adv_epochs: int = 15  # (b) adversarial training from scratch
-    ft_epochs: int = 5  # (c) adversarial training from the clean model (and (d))
+    ft_epochs: int = 5  # (c) adversarial training from the clean model (and (c''), (d))
+    pgd_ft_epochs: int = 2  # (c') PGD adversarial training from the clean model (0: not run)
+    pgd_ft_steps: int = 7  # (c') PGD steps (step eps/4: 2/255 at 8/255, Madry et al.)
+    other_norm_epochs: int = 5  # (c'') FGSM-RS training from the clean model in the other norm (0: not run)
     ranks: tuple = (1, 4, 8)  # (d) low-rank adversarial training from the clean model
+    frozen_bn_lrs: tuple = (0.01,)  # control of (d): rank max(ranks) with batch norm frozen, at these lrs
     batch_size: int = 128
     lr: float = 0.2
     ft_lr: float = 0.05
     lowrank_lr: float = 0.05
-    lowrank_train_bn: bool = True  # BatchNorm scale/shift/statistics trained in (d) (frozen: collapse to chance)
-    attack: str = "fgsm_rs"  # training attack of (b), (c), (d)
+    lowrank_train_bn: bool = True  # BatchNorm scale/shift/statistics trained in (d)
+    attack: str = "fgsm_rs"  # training attack of (b), (c), (c''), (d)
     norm: str = "linf"
-    eps: float = 8 / 255
+    eps: float | None = None  # None: the norm's standard radius (linf 8/255, l2 0.5)
+    other_eps: float | None = None  # radius of (c'') in the other norm; None: its standard radius
     eval_pgd_steps: int = 50
     eval_restarts: int = 2
     seed: int = 0
+
+    @property
+    def radius(self) -> float:
+        """The attack radius of (b)-(d) and of the evaluation: ``eps``, else the norm's standard radius."""
+        return float(self.eps) if self.eps is not None else STANDARD_RADII[check_norm(self.norm)]
+
+    @property
+    def other_norm(self) -> str:
+        """The norm of (c''): l2 when ``norm`` is linf, and the other way round."""
+        return OTHER_NORM[check_norm(self.norm)]
+
+    @property
+    def other_radius(self) -> float:
+        return float(self.other_eps) if self.other_eps is not None else STANDARD_RADII[self.other_norm]
+
+    @property
+    def frozen_bn_rank(self) -> int:
+        return max(self.ranks)
 
     def validate(self) -> "CifarConfig":
         allowed = ("auto",) + tuple(cm.MODELS)
         if self.model not in allowed:
             raise ValueError(f"unknown model {self.model!r}; allowed: {', '.join(allowed)}")
-        for name in ("n_train", "n_test", "holdout", "seed"):
+        for name in ("n_train", "n_test", "holdout", "seed", "pgd_ft_epochs", "other_norm_epochs"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
         for name in ("width", "eval_n", "clean_epochs", "adv_epochs", "ft_epochs", "batch_size",
-                     "eval_pgd_steps", "eval_restarts"):
+                     "eval_pgd_steps", "eval_restarts", "pgd_ft_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.ranks, tuple) or not self.ranks:
+            raise ValueError(f"ranks must be a non-empty tuple of positive ints, got {self.ranks!r}")
         for r in self.ranks:
-            if not isinstance(r, int) or r < 1:
+            if not isinstance(r, int) or isinstance(r, bool) or r < 1:
                 raise ValueError(f"ranks must be positive ints, got {self.ranks!r}")
-        for name in ("lr", "ft_lr", "lowrank_lr", "eps"):
+        if not isinstance(self.frozen_bn_lrs, tuple):
+            raise ValueError(f"frozen_bn_lrs must be a tuple of learning rates (empty: no control), "
+                             f"got {self.frozen_bn_lrs!r}")
+        for v in self.frozen_bn_lrs:
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ValueError(f"frozen_bn_lrs must be finite numbers > 0, got {self.frozen_bn_lrs!r}")
+        for name in ("lr", "ft_lr", "lowrank_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        self.train_config("adv")  # attack / norm checks
+        if not isinstance(self.lowrank_train_bn, bool):
+            raise ValueError(f"lowrank_train_bn must be True or False, got {self.lowrank_train_bn!r}")
+        check_norm(self.norm)
+        for name, norm in (("eps", self.norm), ("other_eps", self.other_norm)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            limit = 1.0 if norm == "linf" else math.sqrt(3 * 32 * 32)  # the diameter of [0, 1] images
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= limit):
+                raise ValueError(f"{name}={v!r} is out of range for the {norm} ball on images in [0, 1]: "
+                                 f"allowed 0 < {name} <= {limit:g}, or none for the standard radius "
+                                 f"({STANDARD_RADII[norm]:g})")
+        for kind in ("clean", "adv", "ft", "pgd_ft", "other_ft", "lowrank"):
+            self.train_config(kind)  # attack / norm / radius checks
         return self
 
     def model_name(self, device) -> str:
@@ -80,20 +141,27 @@ class CifarConfig:
     def model_kw(self, device) -> dict:
         return {"width": self.width} if self.model_name(device) == "small_resnet" else {}
 
-    def train_config(self, kind: str) -> CifarTrainConfig:
-        """``kind``: "clean", "adv" (from scratch), "ft" (from clean) or "lowrank"."""
+    def train_config(self, kind: str, lr: float | None = None) -> CifarTrainConfig:
+        """``kind``: "clean" (a), "adv" (b, from scratch), "ft" (c, from clean), "pgd_ft" (c', PGD from clean),
+        "other_ft" (c'', from clean in the other norm) or "lowrank" (d). ``lr`` overrides the learning rate."""
         epochs = {"clean": self.clean_epochs, "adv": self.adv_epochs, "ft": self.ft_epochs,
+                  "pgd_ft": max(self.pgd_ft_epochs, 1), "other_ft": max(self.other_norm_epochs, 1),
                   "lowrank": self.ft_epochs}[kind]
-        lr = {"clean": self.lr, "adv": self.lr, "ft": self.ft_lr, "lowrank": self.lowrank_lr}[kind]
-        return CifarTrainConfig(epochs=epochs, batch_size=self.batch_size, lr=lr,
-                                attack="none" if kind == "clean" else self.attack, norm=self.norm, eps=self.eps,
-                                eval_pgd_steps=10, co_check_n=self.holdout, seed=self.seed).validate()
+        if lr is None:
+            lr = {"clean": self.lr, "adv": self.lr, "ft": self.ft_lr, "pgd_ft": self.ft_lr, "other_ft": self.ft_lr,
+                  "lowrank": self.lowrank_lr}[kind]
+        attack = {"clean": "none", "pgd_ft": "pgd"}.get(kind, self.attack)
+        norm, eps = (self.other_norm, self.other_radius) if kind == "other_ft" else (self.norm, self.radius)
+        extra = {"train_pgd_steps": self.pgd_ft_steps} if attack == "pgd" else {}
+        return CifarTrainConfig(epochs=epochs, batch_size=self.batch_size, lr=lr, attack=attack, norm=norm, eps=eps,
+                                eval_pgd_steps=10, co_check_n=self.holdout, seed=self.seed, **extra).validate()
 
 
 CIFAR_PRESETS: dict[str, dict] = {
     "full": {},
-    "quick": dict(width=8, n_train=1000, n_test=200, holdout=100, eval_n=200, clean_epochs=3, adv_epochs=2,
-                  ft_epochs=1, ranks=(1, 4), lr=0.1, eval_pgd_steps=10, eval_restarts=1),
+    "quick": dict(width=8, n_train=1000, n_test=200, holdout=100, eval_n=100, clean_epochs=3, adv_epochs=2,
+                  ft_epochs=1, pgd_ft_epochs=1, pgd_ft_steps=3, other_norm_epochs=1, ranks=(1, 4),
+                  frozen_bn_lrs=(0.01,), lr=0.1, eval_pgd_steps=20, eval_restarts=1),
 }
 
 
@@ -127,6 +195,24 @@ def layer_table(init, clean, scratch, ft) -> list[dict]:
     return rows
 
 
+def weight_change(clean, model) -> dict:
+    """How far ``model`` (trained from ``clean``) moved: per-layer cosine with the clean weights
+    (``cos_clean_layers``), its median over layers (``cos_clean_median``) and the median relative change
+    ``||W - W_clean|| / ||W_clean||`` (``rel_change_median``)."""
+    wc = dict(cm.named_weight_matrices(clean))
+    cos, rel = {}, []
+    for name, w in cm.named_weight_matrices(model):
+        cos[name] = _flat_cos(wc[name], w)
+        rel.append(((w - wc[name]).norm() / wc[name].norm()).item())
+    return {"cos_clean_layers": cos, "cos_clean_median": float(torch.tensor(list(cos.values())).median()),
+            "rel_change_median": float(torch.tensor(rel).median())}
+
+
+def frozen_bn_key(rank: int, lr: float) -> str:
+    """The experiment key of the frozen-batch-norm control at ``rank`` and learning rate ``lr``."""
+    return f"frozen_bn_r{rank}_lr{lr:g}".replace(".", "p")
+
+
 def layer_medians(rows: list[dict]) -> dict:
     keys = [k for k in rows[0] if k not in ("layer", "shape")]
     return {k: float(torch.tensor([r[k] for r in rows]).median()) for k in keys}
@@ -150,12 +236,32 @@ def perturbations(model, x, y, cfg: CifarConfig, steps: int = 20) -> torch.Tenso
 
     model.eval()
     g = torch.Generator(device=x.device).manual_seed(cfg.seed + 7)
-    xa = pgd(model, x, y, cfg.eps, cfg.norm, steps=steps, restarts=1, generator=g, clip=(0.0, 1.0))
+    xa = pgd(model, x, y, cfg.radius, cfg.norm, steps=steps, restarts=1, generator=g, clip=(0.0, 1.0))
     return (xa - x).detach()
 
 
+def _data_fingerprint(*tensors: torch.Tensor) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy())  # the buffer itself: no copy of the images
+    return h.hexdigest()[:16]
+
+
 def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profile: str | None = None,
-              keep_models: bool = False) -> dict:
+              keep_models: bool = False, checkpoint_dir=None) -> dict:
+    """The experiment (a)-(d) of the module docstring; returns the JSON-ready dict (plus ``"_models"``,
+    ``"_perturbations"`` and ``"_x"`` when ``keep_models``).
+
+    Every training run is checkpointed after each epoch and every evaluation when it completes
+    (:mod:`fp_helpers.checkpoints`, keyed by the config, the data, the model and the code; ``checkpoint_dir``
+    as there, ``False``: none): an interrupted run resumes where it stopped and, on a CPU, ends with
+    bit-identical weights and numbers.
+    """
+    if not isinstance(cfg, CifarConfig):
+        raise TypeError(f"cfg must be a CifarConfig (see cifar_config), got {type(cfg).__name__}")
     cfg = cfg.validate()
     t0 = time.perf_counter()
     dev = get_device(device)
@@ -166,23 +272,31 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
     n_tr = data.n_train
     if cfg.holdout >= n_tr:
         raise ValueError(f"holdout={cfg.holdout} must be smaller than the {n_tr} training images")
-    x_tr, y_tr = data.x_train[: n_tr - cfg.holdout].to(dev), data.y_train[: n_tr - cfg.holdout].to(dev)
-    x_val, y_val = data.x_train[n_tr - cfg.holdout:].to(dev), data.y_train[n_tr - cfg.holdout:].to(dev)
+    x_tr, y_tr = data.x_train[: n_tr - cfg.holdout], data.y_train[: n_tr - cfg.holdout]
+    x_val, y_val = data.x_train[n_tr - cfg.holdout:], data.y_train[n_tr - cfg.holdout:]
     n_eval = min(cfg.eval_n, data.n_test)
-    x_te, y_te = data.x_test[:n_eval].to(dev), data.y_test[:n_eval].to(dev)
+    x_te, y_te = data.x_test[:n_eval], data.y_test[:n_eval]
     name, kw = cfg.model_name(dev), cfg.model_kw(dev)
+    ck = open_run("cifar", cfg, checkpoint_dir, dev, model=name,
+                  data=_data_fingerprint(x_tr, y_tr, x_val, y_val, x_te, y_te))
+    x_tr, y_tr, x_val, y_val, x_te, y_te = (t.to(dev) for t in (x_tr, y_tr, x_val, y_val, x_te, y_te))
 
-    def train(model, kind, tag):
+    def train(model, kind, unit, lr=None):
         t = time.perf_counter()
-        hist = train_cifar(model, x_tr, y_tr, cfg.train_config(kind), x_val=x_val, y_val=y_val,
-                           augment=cifar.augment, progress=progress, device=dev)
+        hist = train_cifar(model, x_tr, y_tr, cfg.train_config(kind, lr), x_val=x_val, y_val=y_val,
+                           augment=cifar.augment, progress=progress, device=dev, checkpoint=ck.path(f"train_{unit}"))
         hist["wall_seconds"] = round(time.perf_counter() - t, 1)
         return hist
 
-    def evaluate(model):
+    def evaluate(model, unit, other=False):
+        saved = ck.load(f"eval_{unit}")
+        if saved is not None:
+            return saved
         g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
-        return evaluate_cifar(model, x_te, y_te, cfg.eps, cfg.norm, cfg.eval_pgd_steps, cfg.eval_restarts,
-                              generator=g)
+        norm, eps = (cfg.other_norm, cfg.other_radius) if other else (cfg.norm, cfg.radius)
+        out = evaluate_cifar(model, x_te, y_te, eps, norm, cfg.eval_pgd_steps, cfg.eval_restarts, generator=g)
+        ck.save(f"eval_{unit}", out)
+        return out
 
     init = cm.make_model(name, seed=cfg.seed, **kw).to(dev)
     init.eval()
@@ -190,31 +304,52 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
     clean = copy.deepcopy(init)
     hists["clean"] = train(clean, "clean", "clean")
     scratch = copy.deepcopy(init)
-    hists["adv_scratch"] = train(scratch, "adv", "adversarial from scratch")
+    hists["adv_scratch"] = train(scratch, "adv", "adv_scratch")
     ft = copy.deepcopy(clean)
-    hists["adv_from_clean"] = train(ft, "ft", "adversarial from clean")
+    hists["adv_from_clean"] = train(ft, "ft", "adv_from_clean")
     models.update(clean=clean, adv_scratch=scratch, adv_from_clean=ft)
-    for key in ("init", "clean", "adv_scratch", "adv_from_clean"):
-        res[key] = evaluate(models[key])
+    if cfg.pgd_ft_epochs:  # (c') PGD adversarial training from the clean model
+        models["adv_from_clean_pgd"] = copy.deepcopy(clean)
+        hists["adv_from_clean_pgd"] = train(models["adv_from_clean_pgd"], "pgd_ft", "adv_from_clean_pgd")
+    if cfg.other_norm_epochs:  # (c'') adversarial training from the clean model in the other norm
+        models["adv_from_clean_other"] = copy.deepcopy(clean)
+        hists["adv_from_clean_other"] = train(models["adv_from_clean_other"], "other_ft", "adv_from_clean_other")
+    for key in models:
+        res[key] = evaluate(models[key], key, other=key == "adv_from_clean_other")
         if key in hists:
             res[key]["history"] = hists[key]
+    if cfg.other_norm_epochs:  # the clean model attacked in the other norm: the baseline of (c'')
+        res["clean_other"] = {**evaluate(clean, "clean_other", other=True), "model": "clean"}
     low = {}
     for r in cfg.ranks:
         lr_model = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
                                      train_bn=cfg.lowrank_train_bn)
-        h = train(lr_model, "lowrank", f"low rank {r}")
+        h = train(lr_model, "lowrank", f"lowrank_{r}")
         low[r] = lr_model
-        res[f"lowrank_{r}"] = {**evaluate(lr_model), "rank": r, "history": h,
+        res[f"lowrank_{r}"] = {**evaluate(lr_model, f"lowrank_{r}"), "rank": r, "history": h,
                               "trainable_params": sum(p.numel() for p in lr_model.parameters() if p.requires_grad),
                               "low_rank_params": sum(p.numel() for p in cm.low_rank_parameters(lr_model)),
                               "full_params": sum(p.numel() for p in clean.parameters())}
+    for lr in cfg.frozen_bn_lrs:  # control: the largest rank with batch norm frozen (statistics of clean inputs)
+        r, key = cfg.frozen_bn_rank, frozen_bn_key(cfg.frozen_bn_rank, lr)
+        m = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
+                              train_bn=False)
+        h = train(m, "lowrank", key, lr=lr)
+        res[key] = {**evaluate(m, key), "rank": r, "lr": lr, "train_bn": False, "history": h}
+        res[key].update(weight_change(clean, m))
+    for key in ("adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other"):
+        if key in models:
+            res[key].update(weight_change(clean, models[key]))
+    for r, m in low.items():
+        res[f"lowrank_{r}"].update(weight_change(clean, m))
     rows = layer_table(init, clean, scratch, ft)
     pert = {k: perturbations(models[k], x_te[:16], y_te[:16], cfg) for k in ("clean", "adv_from_clean")}
     result = {
-        "config": asdict(cfg), "environment": environment(profile, device=dev), "device": str(dev),
-        "model": name, "data": data.describe(), "n_train": int(x_tr.shape[0]), "n_holdout": cfg.holdout,
+        "device": str(dev), "model": name, "data": data.describe(), "n_train": int(x_tr.shape[0]), "n_holdout": cfg.holdout,
         "n_test": int(n_eval), "is_subset": data.is_subset,
-        "attack": f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, {cfg.norm}, eps={cfg.eps:.5f}",
+        "attack": f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, {cfg.norm}, eps={cfg.radius:.5f}",
+        "attack_other": (f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, {cfg.other_norm}, eps={cfg.other_radius:.5f}"
+                         if cfg.other_norm_epochs else None),
         "experiments": res, "layers": rows, "layer_medians": layer_medians(rows),
         "first_layer_nondc_share": first_layer_analysis({k: models[k] for k in
                                                          ("init", "clean", "adv_scratch", "adv_from_clean")}),
@@ -222,6 +357,9 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
                                         for k, v in pert.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    given = data_dir if data_dir is not None else os.environ.get("FP_DATA_DIR") or None
+    stamp(result, "cifar", cfg, profile, dev, extra_args=("--data", str(given)) if given is not None else ())
+    ck.done()
     if keep_models:
         result["_models"] = {**models, **{f"lowrank_{r}": m for r, m in low.items()}}
         result["_perturbations"] = pert
@@ -229,33 +367,125 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
     return result
 
 
+# ------------------------------------------------------------------------------------------------ the chapter's table
+
+LABELS = {"clean": "(a) clean", "clean_other": "(a) clean, attacked in other norm", "adv_scratch": "(b) adversarial, from scratch",
+          "adv_from_clean": "(c) adversarial, from clean", "adv_from_clean_pgd": "(c') PGD adversarial, from clean",
+          "adv_from_clean_other": "(c'') adversarial, from clean, other norm", "init": "initialisation (sanity check)"}
+
+
+def attack_label(ev: dict) -> str:
+    """``PGD-50 x2 restarts, linf, eps=8/255`` for an evaluation dict of :func:`evaluate_cifar`."""
+    from .cifar_train import format_radius
+
+    return f"{ev['attack'].rsplit('eps=', 1)[0]}eps={format_radius(ev['eps'], ev['norm'])}"
+
+
+def experiment_label(key: str, ev: dict) -> str:
+    if key.startswith("lowrank_"):
+        return f"(d) low rank r={ev['rank']}, from clean"
+    if key.startswith("frozen_bn_"):
+        return f"control: (d) r={ev['rank']} with batch norm frozen, lr={ev['lr']:g}"
+    label = LABELS[key]
+    return label.replace("other norm", ev["norm"]) if key in ("clean_other", "adv_from_clean_other") else label
+
+
+def accuracy_rows(result: dict, controls: bool = False) -> list[dict]:
+    """The chapter's accuracy table: one dict per experiment in the order (a), (b), (c), (c'), (c''), (d r=...),
+    then the initialisation (or, with ``controls=True``, only the frozen-batch-norm controls), each with
+    ``key, label, training`` (training attack and epochs), ``clean_acc, robust_acc, attack`` (the evaluation),
+    ``cos_clean`` (median over layers of the cosine with the clean weights, for runs started from them) and
+    ``seconds`` (training wall time)."""
+    ex = result["experiments"]
+    order = ["clean", "clean_other", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other"]
+    order += sorted((k for k in ex if k.startswith("lowrank_")), key=lambda k: ex[k]["rank"]) + ["init"]
+    if controls:
+        order = [k for k in ex if k.startswith("frozen_bn_")]
+    rows = []
+    for key in (k for k in order if k in ex):
+        ev, h = ex[key], ex[key].get("history") or {}
+        training = "none" if key == "init" else ("= (a)" if key == "clean_other" else
+                                                 f"{h['attack']}; {len(h['epoch'])} epochs, lr {h['config']['lr']:g}")
+        rows.append({"key": key, "label": experiment_label(key, ev), "training": training,
+                     "clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"], "attack": attack_label(ev),
+                     "cos_clean": ev.get("cos_clean_median"), "seconds": h.get("wall_seconds")})
+    return rows
+
+
+def compare_accuracies(a: float, b: float, n: int) -> str:
+    """``"higher than"``, ``"lower than"`` or ``"about the same as"``: accuracy ``a`` against ``b`` (both on ``n``
+    images), "about the same" when they differ by at most two standard errors of the difference."""
+    se = ((a * (1 - a) + b * (1 - b)) / n) ** 0.5
+    return "about the same as" if abs(a - b) <= 2 * se else ("higher than" if a > b else "lower than")
+
+
+COLLAPSE_ACC = 0.15  # clean accuracy at most this (chance is 0.1 on CIFAR-10): the run collapsed
+
+
+def frozen_bn_control(result: dict, historical: dict | None = None) -> dict:
+    """The frozen-batch-norm control of (d) for the chapter: its table rows (this run's controls, then the
+    low-rank runs of an earlier frozen-batch-norm result ``historical``, if given), the control with the best
+    clean accuracy (``best``), the trainable-batch-norm run of the same rank (``trained``), whether the control
+    collapsed (clean accuracy <= :data:`COLLAPSE_ACC`), and two sentences saying what that means
+    (``verdict``, ``summary``)."""
+    ex = result["experiments"]
+    rows = accuracy_rows(result, controls=True)
+    old_lr = None
+    if historical is not None:
+        old_lr = historical["config"]["lowrank_lr"]
+        rows += [{"label": f"earlier run: (d) r={v['rank']} with batch norm frozen, lr={old_lr:g}",
+                  "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
+                 for k, v in historical["experiments"].items() if k.startswith("lowrank_")]
+    best = max((v for k, v in ex.items() if k.startswith("frozen_bn_")), key=lambda v: v["clean_acc"])
+    trained = ex[f"lowrank_{best['rank']}"]
+    collapsed = best["clean_acc"] <= COLLAPSE_ACC
+    lr = f"{best['lr']:g}"
+    if collapsed:
+        verdict = ("It collapses too. That is consistent with the hypothesis above, but it stays a hypothesis: "
+                   "a few learning rates do not rule out other optimisation settings.")
+        summary = (f"with batch norm frozen, low-rank training collapsed to a constant prediction at learning rate {lr}"
+                   + (f" and, in the earlier run, {old_lr:g}" if old_lr is not None else "")
+                   + ", which is consistent with (not a proof of) the hypothesis that frozen clean-input "
+                     "statistics are the obstacle")
+    else:
+        cmp = compare_accuracies(trained["robust_acc"], best["robust_acc"], best["n"])
+        verdict = (f"It does not collapse, so the earlier collapse was at least partly a matter of learning rate, and "
+                   f"trainable batch norm is a choice rather than a necessity. With it, the same rank at learning "
+                   f"rate {result['config']['lowrank_lr']:g} reaches PGD accuracy {trained['robust_acc']:.3f}, {cmp} "
+                   f"the frozen run (at another learning rate, so not a clean comparison of the two modes).")
+        summary = (f"with batch norm frozen it did not collapse at learning rate {lr}, so trainable batch norm is a "
+                   f"choice here, not a necessity")
+    return {"rows": rows, "best": best, "trained": trained, "collapsed": collapsed, "verdict": verdict,
+            "summary": summary}
+
+
 # ------------------------------------------------------------------------------------------------ persistence
 
 MODEL_KEYS = ("init", "clean", "adv_scratch", "adv_from_clean")
 
 
+def model_keys(cfg: CifarConfig) -> list[str]:
+    """The models a run of ``cfg`` saves: (a)-(c), (c') and (c'') when run, and (d) for every rank."""
+    keys = list(MODEL_KEYS)
+    keys += ["adv_from_clean_pgd"] * bool(cfg.pgd_ft_epochs) + ["adv_from_clean_other"] * bool(cfg.other_norm_epochs)
+    return keys + [f"lowrank_{r}" for r in cfg.ranks]
+
+
 def save_run(result: dict, folder) -> None:
-    """Write ``result.json`` (numbers, config, environment) and one ``<key>.pt`` state dict per model
-    (atomic writes: temporary file, then rename)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from .__main__ import write_json_atomic
-
+    """Write one ``<key>.pt`` state dict per model, ``perturbations.pt`` and last ``result.json`` (numbers,
+    config, provenance, and under ``files`` the sha256 of every ``.pt``, checked by :func:`load_run`).
+    Every write is atomic (temporary file, then rename)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    files = {}
     for key, model in result["_models"].items():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
-        os.close(fd)
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, folder / f"{key}.pt")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".perturbations.", suffix=".tmp")
-    os.close(fd)
+        files[f"{key}.pt"] = save_torch_atomic(folder / f"{key}.pt",
+                                               {k: v.detach().cpu() for k, v in model.state_dict().items()})
     # clone: a slice saved as is would carry its whole storage (all the test images)
     tensors = {k: v.cpu().clone() for k, v in result["_perturbations"].items()}
-    torch.save(tensors | {"x": result["_x"].cpu().clone()}, tmp)
-    os.replace(tmp, folder / "perturbations.pt")
+    files["perturbations.pt"] = save_torch_atomic(folder / "perturbations.pt",
+                                                  tensors | {"x": result["_x"].cpu().clone()})
+    result["files"] = files
     write_json_atomic(folder / "result.json", {k: v for k, v in result.items() if not k.startswith("_")})
 
 
@@ -263,18 +493,21 @@ def load_run(folder, cfg: CifarConfig, device=None, data_counts: tuple[int, int]
     """The saved run in ``folder`` with its models, or ``None`` when there is none. A run saved with another
     config, another model (``model="auto"`` resolves by device) or, given ``data_counts = (train, test)`` of
     the data found now, other data sizes is refused (``ValueError``), so a stale result is never shown as
-    current. A missing or unreadable model file is refused too."""
+    current. A missing, truncated or altered model file is refused too (its sha256 is checked against
+    ``files`` in ``result.json``). A run made by code that has changed since is loaded with a
+    :class:`~fp_helpers.provenance.StaleResultWarning` that gives the command recomputing it."""
     import json
-    from pathlib import Path
 
     folder = Path(folder)
     if not (folder / "result.json").exists():
         return None
-    result = json.loads((folder / "result.json").read_text())
-    saved, now = result["config"], json.loads(json.dumps(asdict(cfg.validate())))
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(f"the run saved in {folder} used another config ({', '.join(diff)} differ); "
+    try:
+        result = json.loads((folder / "result.json").read_text())
+    except ValueError as e:
+        raise ValueError(f"{folder / 'result.json'} is truncated or corrupted ({e}); recompute the run") from None
+    reasons = stale_reasons(result, cfg.validate())
+    if reasons["config"]:
+        raise ValueError(f"the run saved in {folder} used another config: {'; '.join(reasons['config'])}; "
                          f"recompute it (delete the folder or pass another one)")
     dev = get_device(device)
     if result["model"] != cfg.model_name(dev):
@@ -283,44 +516,61 @@ def load_run(folder, cfg: CifarConfig, device=None, data_counts: tuple[int, int]
     if data_counts is not None and data_counts != (result["n_train"] + result["n_holdout"], result["n_test"]):
         raise ValueError(f"the run saved in {folder} used {result['n_train'] + result['n_holdout']} train / "
                          f"{result['n_test']} test images, the data found now gives {data_counts[0]} / {data_counts[1]}")
+    files = result.get("files") or {}
     name, kw = result["model"], ({"width": cfg.width} if result["model"] == "small_resnet" else {})
     models = {}
-    for key in list(MODEL_KEYS) + [f"lowrank_{r}" for r in cfg.ranks]:
+    for key in model_keys(cfg):
         m = cm.make_model(name, seed=cfg.seed, **kw)
         if key.startswith("lowrank_"):
             cm.apply_low_rank(m, int(key.split("_")[1]), generator=torch.Generator().manual_seed(cfg.seed),
                               train_bn=cfg.lowrank_train_bn)
         try:
-            state = torch.load(folder / f"{key}.pt", map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-            raise ValueError(f"the run saved in {folder} is incomplete or corrupted ({key}.pt: {e})") from e
-        m.load_state_dict(state)
+            state = load_torch_checked(folder / f"{key}.pt", files.get(f"{key}.pt"), "model file")
+            m.load_state_dict(state)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"the run saved in {folder} is incomplete or corrupted: {e}") from e
         models[key] = m.to(dev, memory_format=torch.channels_last).eval()  # as trained: same kernels, same numbers
     try:
-        pert = torch.load(folder / "perturbations.pt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise ValueError(f"the run saved in {folder} is incomplete or corrupted (perturbations.pt: {e})") from e
+        pert = load_torch_checked(folder / "perturbations.pt", files.get("perturbations.pt"), "perturbation file")
+    except ValueError as e:
+        raise ValueError(f"the run saved in {folder} is incomplete or corrupted: {e}") from e
+    if reasons["code"]:
+        warnings.warn(StaleResultWarning(f"the run saved in {folder} may be stale: {'; '.join(reasons['code'])}. "
+                                         f"Loading it anyway; {recompute_hint(result)} (or pass "
+                                         f"recompute_stale=True to load_or_run)"), stacklevel=2)
+    result["stale"] = reasons["code"]
     result["_models"], result["_x"] = models, pert.pop("x").to(dev)
     result["_perturbations"] = {k: v.to(dev) for k, v in pert.items()}
     result["loaded_from"] = str(folder)
     return result
 
 
-def load_or_run(cfg: CifarConfig, folder=None, save: bool = False, **run_kw) -> dict:
-    """Load the run saved in ``folder`` for this exact config, else run it (and save it when ``save``)."""
+def load_or_run(cfg: CifarConfig, folder=None, save: bool = False, recompute_stale: bool = False, **run_kw) -> dict:
+    """Load the run saved in ``folder`` for this exact config, else run it (and save it when ``save``).
+
+    A saved run made by code that has changed since is loaded with a ``StaleResultWarning`` (its ``"stale"``
+    entry lists why); with ``recompute_stale=True`` it is recomputed instead."""
     if folder is not None:
         try:
             counts = None
             if (Path(folder) / "result.json").exists():  # check the data it would be compared with
-                d = cifar.load_cifar10(run_kw.get("data_dir"))
-                if cfg.n_train or cfg.n_test:
+                try:
+                    d = cifar.load_cifar10(run_kw.get("data_dir"))
+                except FileNotFoundError:  # no data here: the saved run can be shown, not recomputed
+                    d = None
+                    warnings.warn(f"CIFAR-10 was not found (set FP_DATA_DIR or pass data_dir); showing the run saved "
+                                  f"in {folder} without checking its image counts against the data", stacklevel=2)
+                if d is not None and (cfg.n_train or cfg.n_test):
                     d = cifar.subset(d, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
-                counts = (d.n_train, min(cfg.eval_n, d.n_test))
+                if d is not None:
+                    counts = (d.n_train, min(cfg.eval_n, d.n_test))
             loaded = load_run(folder, cfg, run_kw.get("device"), data_counts=counts)
         except ValueError as e:
-            import warnings
-
             warnings.warn(f"{e} -- recomputing now", stacklevel=2)
+            loaded = None
+        if loaded is not None and loaded["stale"] and recompute_stale:
+            warnings.warn(f"the run saved in {folder} is stale ({'; '.join(loaded['stale'])}) -- recomputing now",
+                          stacklevel=2)
             loaded = None
         if loaded is not None:
             return loaded

@@ -22,8 +22,9 @@ Checkpoints (``checkpoint=PATH``): after every ``cfg.checkpoint_every`` epochs, 
 the end, a dict is written atomically (temporary file in the same folder, then ``os.replace``) with
 ``format``, ``config`` (the resolved config as a plain dict), ``epoch`` (epochs completed), ``finished``,
 ``model`` / ``optimizer`` state dicts, ``generator`` (training generator state), ``torch_rng`` /
-``cuda_rng`` (global RNG states), ``history`` (plain containers) and ``best_model`` (the best held-out
-weights, or ``None``). It is read back with ``torch.load(..., weights_only=True)``. A checkpoint that
+``cuda_rng`` (global RNG states), ``history`` (plain containers), ``best_model`` (the best held-out
+weights, or ``None``) and ``provenance`` (:func:`fp_helpers.provenance.record`: versions, device, date).
+It is read back with ``torch.load(..., weights_only=True)``. A checkpoint that
 cannot be read, or that was written with another config, is refused with an error (never silently
 restarted): delete it, use another path, or pass ``resume=False``.
 """
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import AttackSpec, _clip, _project, _random_start, _unit, input_gradient, margins, pgd
+from .provenance import record
 from .runs import check_norm, get_device
 from .training import _progress
 
@@ -183,6 +185,32 @@ def training_attack(model, x: torch.Tensor, y: torch.Tensor, cfg: CifarTrainConf
         return x
     steps = 1 if cfg.attack == "fgsm_rs" else cfg.train_pgd_steps
     return random_start_pgd(model, x, y, cfg.eps, cfg.norm, cfg.alpha, steps, generator)
+
+
+def make_optimizer(params, cfg: CifarTrainConfig, device) -> torch.optim.SGD:
+    """SGD with ``cfg``'s momentum and weight decay; on CUDA the fused kernel (one launch for all
+    parameters). On CPU PyTorch's default update (the step is a negligible part of a CPU batch, and
+    keeping it keeps CPU results bit-identical to earlier runs)."""
+    fused = True if torch.device(device).type == "cuda" else None
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def train_step(model, opt, xb: torch.Tensor, yb: torch.Tensor, cfg: CifarTrainConfig,
+               generator: torch.Generator | None = None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step of :func:`train_cifar` (the same function :func:`fp_helpers.bench.bench_cifar` times):
+    the batch in channels-last memory (``cfg.channels_last``), the training attack and the forward pass under
+    bf16 autocast on the batch's device when ``amp``, cross-entropy, backward, ``opt.step()``. ``cfg`` must be
+    validated. Returns the loss and the logits, detached."""
+    if cfg.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+        xb = training_attack(model, xb, yb, cfg, generator)
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), out.detach()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,9 +368,6 @@ def train_cifar(model, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CifarT
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    def amp():
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
-
     x_train, y_train = x_train.to(dev), y_train.to(dev)
     check = x_val is not None and cfg.co_check_n > 0
     if check:
@@ -351,7 +376,7 @@ def train_cifar(model, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CifarT
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg, dev)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     n = x_train.shape[0]
     bs = min(cfg.batch_size, n)
@@ -384,7 +409,7 @@ def train_cifar(model, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CifarT
             "format": CHECKPOINT_FORMAT, "config": _config_dict(cfg), "epoch": epoch, "finished": hist["finished"],
             "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(dev) if cuda else None,
-            "history": hist, "best_model": best_state,
+            "history": hist, "best_model": best_state, "provenance": record("cifar", device=dev),
         })
 
     bar = _progress(total - start * per_epoch, f"{cfg.describe()}", progress)
@@ -402,17 +427,9 @@ def train_cifar(model, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CifarT
             xb, yb = _as_float(x_train[idx]), y_train[idx]
             if augment is not None:
                 xb = augment(xb, gen)
-            if cfg.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with amp():
-                xb = training_attack(model, xb, yb, cfg, gen)
-                out = model(xb)
-                loss = F.cross_entropy(out, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach().float() * yb.shape[0]
-            correct += (out.detach().argmax(1) == yb).sum()
+            loss, out = train_step(model, opt, xb, yb, cfg, gen, amp=cuda and cfg.amp)
+            loss_sum += loss.float() * yb.shape[0]
+            correct += (out.argmax(1) == yb).sum()
             if bar is not None:
                 bar.update(1)
         seen = per_epoch * bs

@@ -11,7 +11,8 @@ import torch
 from fp_helpers import cifar_models as cm
 from fp_helpers import purification as pur
 from fp_helpers.__main__ import main
-from fp_helpers.cifar_experiments import cifar_config, layer_table, load_or_run, load_run, run_cifar, save_run
+from fp_helpers.cifar_experiments import (STANDARD_RADII, cifar_config, frozen_bn_key, layer_table, load_or_run,
+                                          load_run, model_keys, run_cifar, save_run)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FP_DATA_DIR") or REPO.parent / "shared" / "data" / "cifar10")
@@ -54,12 +55,62 @@ def test_layer_table_cosines_are_consistent():
         assert r["rel_change_ft"] == 0
 
 
+def test_radius_defaults_to_the_standard_radius_of_the_norm():
+    linf, l2 = cifar_config("quick"), cifar_config("quick", ["norm=l2"])
+    assert linf.eps is None and linf.radius == 8 / 255 and linf.other_norm == "l2" and linf.other_radius == 0.5
+    assert l2.radius == 0.5 and l2.other_norm == "linf" and l2.other_radius == 8 / 255
+    # every training run and the evaluation use it
+    for kind in ("adv", "ft", "pgd_ft", "lowrank"):
+        assert l2.train_config(kind).eps == 0.5 and l2.train_config(kind).norm == "l2"
+        assert linf.train_config(kind).eps == pytest.approx(8 / 255)
+    assert l2.train_config("other_ft").norm == "linf" and l2.train_config("other_ft").eps == pytest.approx(8 / 255)
+    assert linf.train_config("other_ft").norm == "l2" and linf.train_config("other_ft").eps == 0.5
+    # an explicit radius wins, in either norm
+    assert cifar_config("quick", ["norm=l2", "eps=1.0"]).radius == 1.0
+    assert cifar_config("quick", ["eps=0.0156"]).train_config("adv").eps == 0.0156
+    assert cifar_config("quick", ["other_eps=0.25"]).train_config("other_ft").eps == 0.25
+    assert cifar_config("quick", ["eps=none"]).radius == STANDARD_RADII["linf"]
+    with pytest.raises(ValueError, match="eps=2.0 is out of range for the linf ball"):
+        cifar_config("quick", ["eps=2.0"])
+    assert cifar_config("quick", ["norm=l2", "eps=2.0"]).radius == 2.0  # fine in l2
+
+
+def test_profiles_evaluate_with_the_issue_attacks():
+    quick, full = cifar_config("quick"), cifar_config("full")
+    assert (quick.eval_pgd_steps, quick.eval_restarts) == (20, 1)  # PGD-20 in quick
+    assert full.eval_pgd_steps == 50 and full.eval_restarts >= 2  # PGD-50 with restarts in full
+    # the full profile runs every experiment of the issue: PGD training and the l2 radius included
+    assert full.pgd_ft_epochs > 0 and full.pgd_ft_steps == 7 and full.other_norm_epochs > 0
+    assert full.train_config("pgd_ft").describe() == "PGD-7 (random start), linf, eps=8/255, alpha=2/255"
+    assert full.train_config("other_ft").describe() == "FGSM-RS, l2, eps=0.5, alpha=0.625"
+    assert model_keys(cifar_config("quick", ["pgd_ft_epochs=0", "other_norm_epochs=0"])) == [
+        "init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_4"]
+
+
 @needs_subset
 def test_run_cifar_reports_every_experiment(tiny_run):
     cfg, r = tiny_run
     ex = r["experiments"]
-    for key in ("init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_2"):
+    frozen = frozen_bn_key(2, 0.01)
+    assert list(ex) == ["init", "clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd",
+                        "adv_from_clean_other", "clean_other", "lowrank_1", "lowrank_2", frozen]
+    for key in ex:
         assert 0 <= ex[key]["robust_acc"] <= ex[key]["clean_acc"] <= 1, key
+    # the attacks: the main norm at 8/255, the other norm (and its clean baseline) at l2 0.5
+    for key in ex:
+        other = key in ("adv_from_clean_other", "clean_other")
+        assert ex[key]["norm"] == ("l2" if other else "linf"), key
+        assert ex[key]["eps"] == pytest.approx(0.5 if other else 8 / 255), key
+        assert ex[key]["attack"].startswith("PGD-3 x1"), key
+    assert ex["adv_from_clean_pgd"]["history"]["attack"].startswith("PGD-3 (random start), linf, eps=8/255")
+    assert ex["adv_from_clean_other"]["history"]["attack"] == "FGSM-RS, l2, eps=0.5, alpha=0.625"
+    assert ex["clean_other"]["clean_acc"] == ex["clean"]["clean_acc"]  # the same model
+    assert ex[frozen]["rank"] == 2 and ex[frozen]["lr"] == 0.01 and ex[frozen]["train_bn"] is False
+    assert ex[frozen]["history"]["config"]["lr"] == 0.01
+    for key in ("adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other", "lowrank_1", "lowrank_2", frozen):
+        assert -1 <= ex[key]["cos_clean_median"] <= 1 and ex[key]["rel_change_median"] >= 0, key
+        assert list(ex[key]["cos_clean_layers"]) == [row["layer"] for row in r["layers"]], key
+    assert ex["adv_from_clean"]["cos_clean_layers"] == {row["layer"]: row["cos_clean_ft"] for row in r["layers"]}
     assert r["n_train"] == 220 and r["n_test"] == 60 and r["is_subset"]
     assert "1,000" not in r["data"] and "260 train" in r["data"]
     assert ex["lowrank_1"]["trainable_params"] < ex["lowrank_2"]["trainable_params"] < ex["lowrank_1"]["full_params"]
@@ -83,6 +134,7 @@ def test_saved_run_loads_identically_and_a_changed_config_is_not_shown_as_curren
     save_run(r, tmp_path / "run")
     loaded = load_run(tmp_path / "run", cfg, device="cpu")
     x = r["_x"]
+    assert list(loaded["_models"]) == list(r["_models"]) == model_keys(cfg)  # (c') and (c'') included
     for key, model in r["_models"].items():
         assert torch.allclose(model(x), loaded["_models"][key](x), atol=1e-5), key  # memory formats may differ
     assert loaded["experiments"] == json.loads(json.dumps(r["experiments"]))
@@ -97,9 +149,24 @@ def test_saved_run_loads_identically_and_a_changed_config_is_not_shown_as_curren
     assert load_run(tmp_path / "nothing", cfg) is None
 
 
+@needs_subset
+def test_saved_run_is_shown_without_the_data(tiny_run, tmp_path, monkeypatch):
+    """A reader with the repository but no CIFAR-10 still gets the committed run (it cannot be recomputed)."""
+    cfg, r = tiny_run
+    save_run(r, tmp_path / "run")
+    monkeypatch.delenv("FP_DATA_DIR", raising=False)
+    monkeypatch.setenv("FP_CACHE", str(tmp_path / "empty"))
+    with pytest.warns(UserWarning, match="CIFAR-10 was not found"):
+        loaded = load_or_run(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert loaded["loaded_from"] == str(tmp_path / "run")
+    assert loaded["experiments"] == json.loads(json.dumps(r["experiments"]))
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--set", "model=vgg"], "unknown model 'vgg'"),
-    (["--set", "eps=-1"], "eps must be"),
+    (["--set", "eps=-1"], "eps=-1 is out of range"),
+    (["--set", "norm=l2", "--set", "eps=100"], "eps=100 is out of range for the l2 ball"),
+    (["--set", "frozen_bn_lrs=0"], "frozen_bn_lrs must be finite numbers > 0"),
     (["--set", "ranks=0"], "ranks must be positive"),
     (["--data", "/nonexistent/cifar"], "FP_DATA_DIR"),
 ])

@@ -1,6 +1,7 @@
 """CIFAR models, low-rank fine-tuning, training attacks, training loop and checkpoints, on tiny
 CIFAR-shaped random data (no dataset needed)."""
 
+import copy
 import dataclasses
 import math
 
@@ -124,6 +125,58 @@ def test_low_rank_starts_at_clean_model_and_trains_only_a_rank_r_update():
         assert torch.linalg.matrix_rank(diff.double(), atol=noise.item(), rtol=0).item() <= rank
         assert torch.linalg.matrix_rank(upd[name]).item() <= rank
         torch.testing.assert_close(diff, upd[name])
+
+
+def test_low_rank_with_trainable_batch_norm_starts_at_the_clean_model_and_keeps_the_stated_rank():
+    """The mode the CIFAR experiment uses (``train_bn=True``): at step 0 the network is exactly the clean one,
+    in eval mode and in train mode (batch statistics); after training, the weights in use are still
+    ``W_clean + A B`` with ``A B`` of rank <= r, the clean weights are untouched and only A, B and the
+    batch-norm parameters / statistics moved."""
+    torch.manual_seed(0)
+    x, y = colour_task(64)
+    clean = tiny()
+    clean.train()
+    clean(x)  # BN running statistics away from their initial values
+    clean.eval()
+    rank = 2
+    model = apply_low_rank(copy.deepcopy(clean), rank, generator=torch.Generator().manual_seed(3), train_bn=True)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    # step 0: the same network, bit for bit, in eval mode ...
+    assert torch.equal(model.eval()(x), clean.eval()(x))
+    # ... and in train mode (batch statistics; on copies, since a train-mode pass updates the running ones)
+    a, b = copy.deepcopy(clean).train(), copy.deepcopy(model).train()
+    assert torch.equal(b(x), a(x))
+    for bn_a, bn_b in zip((m for m in a.modules() if isinstance(m, torch.nn.BatchNorm2d)),
+                          (m for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d))):
+        assert torch.equal(bn_a.running_mean, bn_b.running_mean) and torch.equal(bn_a.running_var, bn_b.running_var)
+    assert all(torch.equal(w, clean_weights(clean)[k]) for k, w in effective_weights(model).items())
+    # trainable: the factors and every BN scale / shift, nothing else
+    bn_params = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in low_rank_parameters(model) + bn_params}
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if ".bn" in k or k.startswith("bn.")}
+    w_clean = {k: v.clone() for k, v in clean_weights(model).items()}
+    hist = train_cifar(model, x, y, dataclasses.replace(TINY, epochs=2, attack="fgsm_rs", lr=0.1), progress=False)
+    assert hist["finished"]
+    assert all(torch.equal(v, clean_weights(model)[k]) for k, v in w_clean.items())  # W_clean frozen
+    after = model.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in bn_before.items() if k.endswith(".weight"))  # BN scale moved
+    assert any(not torch.equal(after[k], v) for k, v in bn_before.items() if k.endswith("running_mean"))
+    eff, upd = effective_weights(model), low_rank_updates(model)
+    for name, w in w_clean.items():
+        diff = (eff[name] - w).reshape(w.shape[0], -1)
+        assert diff.abs().max() > 0
+        torch.testing.assert_close(diff, upd[name])  # W = W_clean + A B ...
+        noise = torch.finfo(torch.float32).eps * eff[name].abs().max() * math.sqrt(diff.numel())
+        assert torch.linalg.matrix_rank(diff.double(), atol=noise.item(), rtol=0).item() <= rank  # ... of rank <= r
+        assert torch.linalg.matrix_rank(upd[name]).item() <= rank
+    for _, m in named_low_rank_layers(model):
+        d = m.parametrizations.weight[0]
+        assert torch.linalg.matrix_rank(d.A.double() @ d.B.double()).item() == rank  # generically exactly r
+
+
+def named_low_rank_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
 
 
 def test_low_rank_rejects_bad_ranks():
