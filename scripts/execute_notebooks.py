@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from fp_helpers.provenance import write_json_atomic  # noqa: E402
 
 
 def main(paths: list[str]) -> int:
+    # committed outputs carry no progress bars (the kernel inherits this environment)
+    os.environ.setdefault("FP_PROGRESS", "0")
     log_path = Path("results/execution_times.json")
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     env = runs.environment()
@@ -31,7 +34,7 @@ def main(paths: list[str]) -> int:
         path = Path(p)
         nb = nbformat.read(path, as_version=4)
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
         seconds = time.perf_counter() - t0
         nbformat.write(nb, path)
         log[f"{path.stem}@{env['profile']}"] = {"notebook": str(path), "profile": env["profile"], "device": env["device_name"],
