@@ -528,6 +528,12 @@ def bench_all(out: str | Path | None = None, device=None, synthetic: dict | None
               "ntk": bench_ntk(device=device, verbose=verbose, **(ntk or {})),
               "cifar": bench_cifar(device=device, verbose=verbose, **(cifar or {}))}
     result["seconds"] = time.perf_counter() - t0
+    from .provenance import stamp
+
+    bench_env = result["environment"]  # richer than the generic one stamp() writes: keep it
+    stamp(result, "package", {"synthetic": synthetic or {}, "ntk": ntk or {}, "cifar": cifar or {}},
+          device=device, command="python -m fp_helpers bench all")
+    result["environment"] = bench_env
     write_json_atomic(out, result)
     if verbose:
         print(f"wrote {out} ({result['seconds']:.0f} s)")
