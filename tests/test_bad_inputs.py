@@ -35,7 +35,7 @@ CLI_CASES = [
     (["run", "lower-bounds", "--set", "lb_radii=0.2,0.1"], ["lb_radii must be increasing", "(0.2, 0.1)"]),
     (["run", "lower-bounds", "--set", "lb_eval_n=5000"], ["lb_eval_n=5000", "eval_n=500", "lb_eval_n <= eval_n"]),
     (["run", "cifar", "--set", "model=vgg"], ["unknown model 'vgg'", "preact_resnet18", "small_resnet"]),
-    (["run", "cifar", "--set", "eps=2"], ["eps=2.0 is out of range", "allowed 0 < eps <= 1"]),  # radius too large
+    (["run", "cifar", "--set", "eps=2"], ["eps=2 is out of range", "allowed 0 < eps <= 1"]),  # radius too large
     (["run", "cifar", "--set", "n_train=-5"], ["n_train must be an int >= 0", "got -5"]),
     (["run", "cifar", "--set", "ranks=0"], ["ranks must be positive ints", "(0,)"]),
     (["run", "cifar", "--data", "/nonexistent/cifar"], ["CIFAR-10 not found", "/nonexistent/cifar", "FP_DATA_DIR",
@@ -123,7 +123,7 @@ API_CASES = [
     ("configs swapped", lambda: lower_bounds.run_lower_bounds(*reversed(lower_bounds.lower_bounds_config("quick"))),
      TypeError, ["SyntheticConfig and a LowerBoundConfig", "got LowerBoundConfig and SyntheticConfig"]),
     ("CIFAR radius out of range", lambda: cifar_config("quick", ["norm=l2", "eps=100"]), ValueError,
-     ["eps=100.0 is out of range for the l2 ball", "allowed 0 < eps <= 55.4256"]),
+     ["eps=100 is out of range for the l2 ball", "allowed 0 < eps <= 55.4256"]),
     ("empty CIFAR subset", lambda: cifar.subset(TINY_CIFAR, 0), ValueError,
      ["n_train must be an int in 1..10", "got 0"]),
     ("missing data directory", lambda: cifar.load_cifar10("/nonexistent/data"), FileNotFoundError,
