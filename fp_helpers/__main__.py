@@ -94,19 +94,11 @@ def _is_current(args, cfg) -> bool:
 
 
 def _check(paths: list[str]) -> int:
-    from .provenance import recompute_hint, stale_reasons
-
-    import json
+    from .provenance import read_result, recompute_hint, stale_reasons
 
     bad = 0
     for p in paths:
-        path = Path(p) / "result.json" if Path(p).is_dir() else Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved result at {path}")
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        path, data = read_result(p)
         reasons = stale_reasons(data)
         problems = reasons["config"] + reasons["code"]
         prov = data.get("provenance") or {}

@@ -74,37 +74,37 @@ class StaleResultWarning(UserWarning):
 # ------------------------------------------------------------------------------------------- atomic writes
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: never a half-written result."""
+def _write_atomic(path: str | Path, mode: str, write, digest: bool = False) -> str | None:
+    """``write(file)`` into a temporary file in the same folder, then rename: a reader never sees a
+    half-written file. With ``digest``, returns the sha256 of what was written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        sha = sha256_file(tmp) if digest else None
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return sha
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Write JSON atomically (temporary file, then rename): never a half-written result."""
+    def write(f):
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+    _write_atomic(path, "w", write)
 
 
 def save_torch_atomic(path: str | Path, obj) -> str:
-    """``torch.save`` to a temporary file in the same folder, then rename; returns the file's sha256."""
+    """``torch.save`` atomically (temporary file, then rename); returns the file's sha256."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
+    return _write_atomic(path, "wb", lambda f: torch.save(obj, f), digest=True)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -460,15 +460,9 @@ def recompute_hint(result: dict, path: str | Path | None = None) -> str:
     return f"recompute it with:  {cmd}" if cmd else "recompute it (see how it was made in its provenance)"
 
 
-def load_result(path: str | Path, expected_config=None, *, historical: bool = False) -> dict:
-    """Read a saved JSON result (a file, or a folder holding ``result.json``) and check that it is current.
-
-    Returns the data. When its config differs from ``expected_config`` (default: the config its recorded
-    command gives with today's code) or the code it depends on has changed, warns with
-    :class:`StaleResultWarning` naming the differences and the exact command that recomputes it. With
-    ``historical=True`` (a result kept on purpose from an earlier version) a one-line note is printed
-    instead of the warning.
-    """
+def read_result(path: str | Path) -> tuple[Path, dict]:
+    """``(file, data)`` of a saved JSON result (a file, or a folder holding ``result.json``), unchecked;
+    a missing, truncated or non-object file raises an error naming it."""
     p = Path(path)
     if p.is_dir():
         p = p / "result.json"
@@ -480,6 +474,19 @@ def load_result(path: str | Path, expected_config=None, *, historical: bool = Fa
         raise ValueError(f"{p} is not valid JSON (truncated or corrupted? {e}); recompute it") from None
     if not isinstance(data, dict):
         raise ValueError(f"{p} does not hold a result (a JSON object), got {type(data).__name__}")
+    return p, data
+
+
+def load_result(path: str | Path, expected_config=None, *, historical: bool = False) -> dict:
+    """Read a saved JSON result (a file, or a folder holding ``result.json``) and check that it is current.
+
+    Returns the data. When its config differs from ``expected_config`` (default: the config its recorded
+    command gives with today's code) or the code it depends on has changed, warns with
+    :class:`StaleResultWarning` naming the differences and the exact command that recomputes it. With
+    ``historical=True`` (a result kept on purpose from an earlier version) a one-line note is printed
+    instead of the warning.
+    """
+    p, data = read_result(path)
     reasons = stale_reasons(data, expected_config)
     problems = reasons["config"] + reasons["code"]
     if problems:
