@@ -44,15 +44,18 @@ def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
             raise ValueError(f"x has {bad} non-finite entries (NaN or inf); every input must be finite")
 
 
+def _margins_from_scores(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if out.ndim == 1:
+        return y * out
+    true = out.gather(1, y[:, None]).squeeze(1)
+    other = out.scatter(1, y[:, None], float("-inf")).amax(1)
+    return true - other
+
+
 def margins(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example classification margin (positive = correct)."""
     with torch.no_grad():
-        out = model(x)
-        if out.ndim == 1:
-            return y * out
-        true = out.gather(1, y[:, None]).squeeze(1)
-        other = out.scatter(1, y[:, None], float("-inf")).amax(1)
-        return true - other
+        return _margins_from_scores(model(x), y)
 
 
 def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -60,27 +63,48 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
     return (margins(model, x, y) > 0).float().mean().item()
 
 
-def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient of each example's own loss with respect to its input."""
+def gradient_and_margins(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss's steepest-ascent direction at each input, and the margins at ``x``, from one forward pass.
+
+    Binary models: the gradient of ``-y f(x)``, which is the logistic loss's gradient divided by
+    ``sigmoid(-y f(x))``: the same direction, but it does not vanish where fp32 rounds that factor to zero
+    (margins beyond about 88; below 1e-12 beyond about 28), so points with large margins are attacked too.
+    Multi-class models: the cross-entropy's gradient, and for the rare points where it is exactly zero
+    (every other class's probability underflows) the gradient of the margin. Closed form for models
+    with ``grads``, autograd otherwise. Attacks normalise it, so its per-example scale does not matter.
+    """
     if hasattr(model, "grads") and y.dtype.is_floating_point:
-        return model.grads(x, y, need_weight=False, need_input=True)[2]
+        _, _, g, m = model.grads(x, y, need_weight=False, need_input=True, input_of="margin")
+        return g, m
     with torch.enable_grad():
         xr = x.detach().clone().requires_grad_(True)
         out = model(xr)
+        m = _margins_from_scores(out, y)
         if out.ndim == 1:
-            loss = F.softplus(-y * out).sum()
+            (g,) = torch.autograd.grad(-m.sum(), xr)
         else:
-            loss = F.cross_entropy(out, y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, xr)
-    return g
+            (g,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), xr, retain_graph=True)
+            flat = (g.flatten(1) == 0).all(1)
+            if bool(flat.any()):
+                (gm,) = torch.autograd.grad(-m.sum(), xr)
+                g = torch.where(flat.view(-1, *([1] * (g.ndim - 1))), gm, g)
+    return g, m.detach()
+
+
+def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss's steepest-ascent direction at each input (see :func:`gradient_and_margins`)."""
+    return gradient_and_margins(model, x, y)[0]
 
 
 def _unit(g: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent direction of unit ``norm`` for gradient ``g`` (per example)."""
     if norm == "l2":
+        # scaled by its largest entry first: a gradient of norm 1e-25 (whose square underflows) still gives a
+        # unit step; an all-zero gradient gives no step
         flat = g.flatten(1)
-        n = flat.norm(dim=1).clamp_min(1e-12)
-        return (flat / n[:, None]).view_as(g)
+        tiny = torch.finfo(flat.dtype).tiny
+        flat = flat / flat.abs().amax(1, keepdim=True).clamp_min(tiny)
+        return (flat / flat.norm(dim=1, keepdim=True).clamp_min(tiny)).view_as(g)
     return g.sign()
 
 
@@ -122,9 +146,12 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2", s
         clip: tuple[float, float] | None = None) -> torch.Tensor:
     """Projected gradient descent on the loss inside the ``norm`` ball of radius ``eps``.
 
-    Run 0 starts at ``x``; runs ``1..restarts-1`` start at uniform random points of the ball. Each
-    example keeps the iterate with the smallest margin seen over all steps and runs (best-iterate
-    tracking), so more steps or restarts can never make the attack weaker.
+    Run 0 starts at ``x``; runs ``1..restarts-1`` start at uniform random points of the ball (drawn for every
+    point, so the generator's stream does not depend on the model). Every iterate is scored, the starts
+    included: each point keeps the iterate with the smallest margin seen, and a point stops being attacked
+    once an iterate misclassifies it (margin <= 0: the attack has succeeded there, and later restarts skip
+    it). A point's iterates do not depend on the other points, so more steps or restarts can never make the
+    attack weaker. The margins come from the same forward pass as the gradient (one pass per step).
     Step size defaults to ``2.5 eps / steps`` (Madry et al.).
     """
     eps = _check_eps(eps)
@@ -134,22 +161,32 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2", s
     if not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"restarts must be a positive int, got {restarts!r}")
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
-    best_x = x.clone()
+    best_x = x.detach().clone()
     best_m = margins(model, x, y)
     if eps == 0:
         return best_x
     for r in range(restarts):
-        delta = torch.zeros_like(x) if r == 0 else _random_start(x, eps, norm, generator)
-        for _ in range(steps):
-            x_adv = _clip(x + delta, clip)
-            g = input_gradient(model, x_adv, y)
+        start = torch.zeros_like(x) if r == 0 else _random_start(x, eps, norm, generator)
+        idx = (best_m > 0).nonzero().squeeze(1)  # the points no iterate has misclassified yet
+        xs, ys, delta = x[idx], y[idx], start[idx]
+        for step in range(steps + 1):
+            if idx.numel() == 0:
+                break
+            x_adv = _clip(xs + delta, clip)
+            if step < steps:
+                g, m = gradient_and_margins(model, x_adv, ys)
+            else:
+                m = margins(model, x_adv, ys)
+            better = m < best_m[idx]
+            best_m[idx[better]] = m[better]
+            best_x[idx[better]] = x_adv[better].detach()
+            if step == steps:
+                break
             delta = _project(delta + alpha * _unit(g, norm), eps, norm)
-            x_adv = _clip(x + delta, clip)
-            m = margins(model, x_adv, y)
-            better = m < best_m
-            best_m = torch.where(better, m, best_m)
-            best_x[better] = x_adv[better]
-    return best_x.detach()
+            alive = m > 0
+            if not bool(alive.all()):
+                idx, xs, ys, delta = idx[alive], xs[alive], ys[alive], delta[alive]
+    return best_x
 
 
 def dense_direction_attack(x: torch.Tensor, y: torch.Tensor, eps: float, u: torch.Tensor,

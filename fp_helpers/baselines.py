@@ -52,18 +52,23 @@ class AutogradModel(nn.Module):
     def _trainable(self) -> list[torch.Tensor]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def grads(self, x: torch.Tensor, y: torch.Tensor, need_weight: bool = True, need_input: bool = False):
-        """``(mean logistic loss, [mean grad per parameter] or None, per-example input grad or None, margins)``."""
+    def grads(self, x: torch.Tensor, y: torch.Tensor, need_weight: bool = True, need_input: bool = False,
+              input_of: str = "loss"):
+        """``(mean logistic loss, [mean grad per parameter] or None, per-example input grad or None, margins)``;
+        ``input_of="margin"``: the input gradient of ``-y f(x)`` instead (as :meth:`TwoLayerNet.grads`)."""
+        if input_of not in ("loss", "margin"):
+            raise ValueError(f"input_of must be 'loss' or 'margin', got {input_of!r}")
         params = self._trainable() if need_weight else []
         with torch.enable_grad():
             xr = x.detach().requires_grad_(need_input)
             margins = y * self(xr)
             per = F.softplus(-margins)
-            targets = params + ([xr] if need_input else [])
-            gs = torch.autograd.grad(per.sum(), targets) if targets else ()
+            gs = torch.autograd.grad(per.sum(), params, retain_graph=need_input) if params else ()
+            grad_x = None
+            if need_input:
+                (grad_x,) = torch.autograd.grad((per if input_of == "loss" else -margins).sum(), xr)
         n = x.shape[0]
-        grad_w = [g / n for g in gs[: len(params)]] if need_weight else None
-        grad_x = gs[-1] if need_input else None
+        grad_w = [g / n for g in gs] if need_weight else None
         return per.mean().detach(), grad_w, grad_x, margins.detach()
 
     @torch.no_grad()

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import AttackSpec, _clip, _project, _random_start, _unit, input_gradient, margins, pgd
-from .provenance import record
+from .provenance import record, save_torch_atomic
 from .runs import check_norm, get_device
 from .training import _progress
 
@@ -289,16 +287,7 @@ def _config_dict(cfg: CifarTrainConfig) -> dict:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch_atomic(path, state)
 
 
 def load_checkpoint(path: str | Path) -> dict:

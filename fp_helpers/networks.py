@@ -116,13 +116,18 @@ class TwoLayerNet(nn.Module):
         return odd_activation(pre, self.thresholds(w), c.rho, c.q).sum(1)
 
     @torch.no_grad()
-    def grads(self, x: torch.Tensor, y: torch.Tensor, need_weight: bool = True, need_input: bool = False):
+    def grads(self, x: torch.Tensor, y: torch.Tensor, need_weight: bool = True, need_input: bool = False,
+              input_of: str = "loss"):
         """Closed-form logistic loss, its gradient in the weights and/or per-example input gradients.
 
         Returns ``(loss, grad_W or None, grad_x or None, margins)`` where ``margins = y f(x)``.
         The loss is the mean of ``log(1 + exp(-y f(x)))``; ``grad_x`` is the gradient of each example's
-        own loss (not divided by n), which is what FGM uses.
+        own loss (not divided by n), or with ``input_of="margin"`` the gradient of ``-y f(x)``: the same
+        direction without the factor ``sigmoid(-y f(x))``, which fp32 rounds to zero for large margins
+        (what an attack that normalises the step needs).
         """
+        if input_of not in ("loss", "margin"):
+            raise ValueError(f"input_of must be 'loss' or 'margin', got {input_of!r}")
         w = self.weight
         c = self.config
         b = self.thresholds(w)
@@ -132,9 +137,12 @@ class TwoLayerNet(nn.Module):
         margins = y * f
         loss = torch.nn.functional.softplus(-margins).mean()
         dl_df = -y * torch.sigmoid(-margins)  # per-example dLoss/df
-        G.mul_(dl_df[:, None])
-        grad_w = G.T @ x / x.shape[0] if need_weight else None
-        grad_x = G @ w if need_input else None
+        grad_w = grad_x = None
+        if need_input:
+            coef = -y if input_of == "margin" else dl_df
+            grad_x = (G * coef[:, None] if need_weight else G.mul_(coef[:, None])) @ w
+        if need_weight:
+            grad_w = G.mul_(dl_df[:, None]).T @ x / x.shape[0]
         return loss, grad_w, grad_x, margins
 
     @torch.no_grad()

@@ -127,3 +127,63 @@ def test_empirical_robust_radius_matches_the_linear_margin(data):
     assert (r - expected).abs().max() < 1e-6
     with pytest.raises(ValueError, match="strictly increasing"):
         empirical_robust_radius(linear, x, y, [0.2, 0.1])
+
+
+# --- saturated losses: a point with a huge margin must still be attacked (regression: the clean network's
+# robust curve used to plateau at ~12% for radii 0.3-0.6 because sigmoid(-margin) rounded to ~0)
+
+def _huge_margin_net(dist, scale=400.0):
+    from fp_helpers.networks import NetConfig, TwoLayerNet
+    net = purified_oracle(dist, scale=10.0, beta=0.0)
+    return TwoLayerNet(net.d, NetConfig(m=net.weight.shape[0], beta=0.0), weight=net.weight.detach() * scale)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_attacks_move_points_whose_loss_gradient_underflows(data, norm):
+    dist, x, y = data
+    net = _huge_margin_net(dist)
+    m = margins(net, x, y)
+    assert (m > 150).float().mean() > 0.5  # sigmoid(-150) is 0 in fp32: the loss gradient vanishes there
+    eps = 0.3 if norm == "l2" else 0.02
+    step = fgm(net, x, y, eps, norm) - x
+    size = step.norm(dim=1) if norm == "l2" else step.abs().amax(1)
+    assert torch.allclose(size, torch.full_like(size, eps), rtol=1e-4)  # a full step for every point
+    # and the step still goes uphill: the margin falls
+    assert (margins(net, x + step, y) < m).float().mean() > 0.99
+
+
+def test_pgd_breaks_a_huge_margin_network_at_a_large_radius(data):
+    dist, x, y = data
+    net = _huge_margin_net(dist)
+    assert accuracy(net, x, y) > 0.95
+    # the oracle's margin lives on the sparse features: a radius well above one feature's size breaks it
+    assert robust_accuracy(net, x, y, 2.0, AttackSpec("pgd", "l2", 20, 1)) < 0.05
+
+
+def test_multiclass_attack_moves_points_with_saturated_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(10, 3)
+    with torch.no_grad():
+        lin.weight.mul_(1000.0)
+    x = torch.randn(200, 10, generator=g)
+    y = lin(x).argmax(1).detach()
+    out = lin(x).detach()
+    gap = out.gather(1, y[:, None]).squeeze(1) - out.scatter(1, y[:, None], float("-inf")).amax(1)
+    assert (gap > 200).float().mean() > 0.5  # every other class's probability underflows there
+    step = fgm(lin, x, y, 0.1, "l2") - x
+    assert torch.allclose(step.norm(dim=1), torch.full((200,), 0.1), rtol=1e-4)
+    assert (margins(lin, x + step, y) < margins(lin, x, y)).all()
+
+
+def test_pgd_stops_on_broken_points_without_changing_the_result(quick_run):
+    """The early stop (a misclassified point is not attacked further) only saves work: robust accuracy is
+    that of the same attack run on every point separately, and more steps or restarts never help."""
+    net, s = quick_run.clean, quick_run.setup
+    x, y, tau = s.x_eval[:300], s.y_eval[:300], s.cfg.tau
+    together = margins(net, pgd(net, x, y, tau, "l2", 10, restarts=2, generator=torch.Generator().manual_seed(1)), y) > 0
+    assert 0 < together.float().mean() < 1
+    one_by_one = torch.stack([margins(net, pgd(net, x[i:i + 1], y[i:i + 1], tau, "l2", 10), y[i:i + 1])[0] > 0
+                              for i in range(0, 300, 10)])
+    first_run_only = margins(net, pgd(net, x[::10], y[::10], tau, "l2", 10), y[::10]) > 0
+    assert torch.equal(one_by_one, first_run_only)
+    assert (together[::10] <= first_run_only).all()  # a second (random) start never makes it weaker
