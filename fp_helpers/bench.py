@@ -564,7 +564,7 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
         nb = e.get("notebook") or key.split("@")[0]
         device = str(e.get("device", ""))
         m = re.search(r"(\d+) threads?\)", device)
-        rows.append({"chapter": Path(nb).stem, "notebook": nb, "profile": e.get("profile") or key.split("@")[-1],
+        rows.append({"chapter": Path(nb).stem, "notebook": nb, "profile": e.get("profile") or (key.split("@") + [""])[1],
                      "device": device, "gpu": not device.startswith("CPU"), "threads": int(m.group(1)) if m else None,
                      "seconds": float(e["seconds"]), "date": e.get("date"), "commit": e.get("commit")})
 

@@ -5,15 +5,36 @@ from __future__ import annotations
 from typing import Sequence
 
 
+GLUE_PREFIX = "application/papermill.record/"  # myst-nb's mime prefix for glued values
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """``myst_nb.glue`` when building the book; a no-op elsewhere (Colab, plain Jupyter, the CLI).
 
+    With ``FP_GLUE=1`` (``scripts/execute_notebooks.py`` sets it) and no myst-nb installed, the value is
+    recorded in the output exactly as ``myst_nb.glue`` records it, so notebooks executed on a machine with
+    only Jupyter's kernel (a GPU machine, say) still feed the book's ``{glue}`` references.
     Returns nothing, so a ``glue`` call at the end of a cell adds no stray output."""
     try:
         from myst_nb import glue as _glue
     except ImportError:
+        import os
+
+        if os.environ.get("FP_GLUE") == "1":
+            _record(name, value, display)
         return
     _glue(name, value, display=display)
+
+
+def _record(name: str, value, display: bool) -> None:
+    """What ``myst_nb.glue`` (myst-nb 1.x) does: a display bundle under the glue prefix, named in metadata."""
+    import IPython
+    from IPython.display import display as ipy_display
+
+    bundle, metadata = IPython.core.formatters.format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = dict(name=name, mime_prefix=prefix)
+    ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".3f"):

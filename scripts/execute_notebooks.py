@@ -1,14 +1,21 @@
-"""Execute notebooks in place (the outputs the website shows) and record how long each took.
+"""Execute notebooks (the outputs the website shows) and record how long each took.
 
-    FP_PROFILE=full python scripts/execute_notebooks.py book/*.ipynb
+    FP_PROFILE=full python scripts/execute_notebooks.py book/*.ipynb              # outputs written back
+    FP_PROFILE=quick python scripts/execute_notebooks.py --time-only book/*.ipynb  # timed, notebooks untouched
 
-Writes each notebook back with its outputs, and appends one line per notebook to
-results/execution_times.json (notebook, profile, device, seconds, commit, date, and the provenance block of
-fp_helpers.provenance: versions, code fingerprint of the whole package, date and time).
+Appends one entry per notebook to results/execution_times.json, keyed ``chapter@profile@cpu|gpu`` (a GPU run
+never overwrites a CPU one): notebook, profile, device, seconds, commit, date, and the provenance block of
+fp_helpers.provenance (versions, code fingerprint, date and time, the command).
+
+The kernel inherits this environment, with three defaults: ``FP_PROGRESS=0`` (committed outputs carry no
+progress bars), ``FP_CHECKPOINT_DIR=off`` (the time is the computation's, never a read of cached stage
+checkpoints) and ``FP_GLUE=1`` (``fp_helpers.book.glue`` records glued values even where myst-nb is not
+installed, e.g. on a GPU machine with only the kernel's packages).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -23,31 +30,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fp_helpers import provenance, runs  # noqa: E402
 from fp_helpers.provenance import write_json_atomic  # noqa: E402
 
+DEFAULTS = {"FP_PROGRESS": "0", "FP_CHECKPOINT_DIR": "off", "FP_GLUE": "1"}
 
-def main(paths: list[str]) -> int:
-    # committed outputs carry no progress bars (the kernel inherits this environment)
-    os.environ.setdefault("FP_PROGRESS", "0")
-    log_path = Path("results/execution_times.json")
+
+def entry_key(stem: str, profile: str, device_name: str) -> str:
+    return f"{stem}@{profile}@{'cpu' if device_name.startswith('CPU') else 'gpu'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebooks", nargs="+")
+    ap.add_argument("--time-only", action="store_true", help="record the time, leave the notebook file as it is")
+    ap.add_argument("--log", default="results/execution_times.json")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = ap.parse_args(argv)
+    for k, v in DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    log_path = Path(args.log)
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     env = runs.environment()
-    for p in paths:
+    for p in args.notebooks:
         path = Path(p)
         nb = nbformat.read(path, as_version=4)
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
         seconds = time.perf_counter() - t0
-        nbformat.write(nb, path)
-        log[f"{path.stem}@{env['profile']}"] = {"notebook": str(path), "profile": env["profile"], "device": env["device_name"],
-                                              "seconds": round(seconds, 1), "commit": env["commit"],
-                                              "date": dt.date.today().isoformat(),
-                                              "config": {"FP_PROFILE": env["profile"]},
-                                              "provenance": provenance.record(
-                                                  "package", env["profile"],
-                                                  command=f"FP_PROFILE={env['profile']} python scripts/execute_notebooks.py {path}")}
+        if not args.time_only:
+            nbformat.write(nb, path)
+        flags = " --time-only" if args.time_only else ""
+        log[entry_key(path.stem, env["profile"], env["device_name"])] = {
+            "notebook": str(path), "profile": env["profile"], "device": env["device_name"],
+            "seconds": round(seconds, 1), "commit": env["commit"], "date": dt.date.today().isoformat(),
+            "config": {"FP_PROFILE": env["profile"], **{k: os.environ[k] for k in DEFAULTS}},
+            "provenance": provenance.record(
+                "package", env["profile"],
+                command=f"FP_PROFILE={env['profile']} python scripts/execute_notebooks.py{flags} {path}")}
         write_json_atomic(log_path, log)  # after each notebook: an interrupted batch keeps what it measured
         print(f"{path}: {seconds:.1f}s at profile {env['profile']} on {env['device_name']}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

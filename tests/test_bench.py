@@ -154,11 +154,11 @@ def test_cli_bench_rejects_bad_input_and_writes_cifar_json(tmp_path, capsys):
 
 def test_notebook_times_table_and_markdown(tmp_path):
     log = {
-        "cifar10@full": {"notebook": "book/cifar10.ipynb", "profile": "full", "device": "NVIDIA H100 80GB HBM3",
+        "cifar10@full@gpu": {"notebook": "book/cifar10.ipynb", "profile": "full", "device": "NVIDIA H100 80GB HBM3",
                          "seconds": 312.0, "date": "2026-12-01", "commit": "abc"},
-        "theory@quick": {"notebook": "book/theory.ipynb", "profile": "quick", "device": "CPU (x86_64, 2 threads)",
+        "theory@quick@cpu": {"notebook": "book/theory.ipynb", "profile": "quick", "device": "CPU (x86_64, 2 threads)",
                          "seconds": 3.0, "date": "2026-11-30", "commit": "abc"},
-        "theory@full": {"notebook": "book/theory.ipynb", "profile": "full", "device": "CPU (x86_64, 1 threads)",
+        "theory@full@cpu": {"notebook": "book/theory.ipynb", "profile": "full", "device": "CPU (x86_64, 1 threads)",
                         "seconds": 8.9, "date": "2026-11-25", "commit": "def"},
     }
     path = tmp_path / "t.json"
@@ -172,7 +172,7 @@ def test_notebook_times_table_and_markdown(tmp_path):
     assert md[3] == "| `cifar10` | not measured | not measured | 5.2 min on NVIDIA H100 80GB HBM3 (2026-12-01) |"
     assert bench.notebook_times_markdown(path, all_columns=True).splitlines()[0] == \
         "| chapter | quick, CPU | full, CPU | full, GPU |"
-    path.write_text(json.dumps({k: v for k, v in log.items() if k != "theory@quick"}))
+    path.write_text(json.dumps({k: v for k, v in log.items() if k != "theory@quick@cpu"}))
     assert bench.notebook_times_markdown(path).splitlines()[0] == "| chapter | full, CPU | full, GPU |"
     assert bench.notebook_times_markdown(path, all_columns=True).splitlines()[0] == \
         "| chapter | quick, CPU | full, CPU | full, GPU |"
@@ -184,3 +184,58 @@ def test_notebook_times_table_and_markdown(tmp_path):
 def test_the_repository_execution_times_parse():
     rows = bench.notebook_times_table(Path(__file__).resolve().parents[1] / "results" / "execution_times.json")
     assert rows and all(r["seconds"] > 0 and r["date"] for r in rows)
+
+
+def test_readme_notebook_times_table_is_the_one_the_results_give():
+    """The README's table is generated (the command is next to it); this keeps it from drifting."""
+    root = Path(__file__).resolve().parents[1]
+    want = bench.notebook_times_markdown(root / "results" / "execution_times.json", all_columns=True)
+    readme = (root / "README.md").read_text()
+    assert want in readme, ("README.md's notebook-times table differs from results/execution_times.json; "
+                            "regenerate it with the command printed above the table:\n" + want)
+
+
+def test_execute_notebooks_keys_cpu_and_gpu_runs_apart_and_time_only_leaves_the_notebook(tmp_path, monkeypatch):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", Path(__file__).resolve().parents[1] / "scripts" / "execute_notebooks.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    assert ex.entry_key("theory", "full", "CPU (x86_64, 2 threads)") == "theory@full@cpu"
+    assert ex.entry_key("theory", "full", "NVIDIA H100 80GB HBM3") == "theory@full@gpu"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nfrom fp_helpers.book import glue\nprint(os.environ['FP_CHECKPOINT_DIR'], os.environ['FP_GLUE'])\n"
+        "glue('answer', 42)")])
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_text()
+    log = tmp_path / "times.json"
+    monkeypatch.delenv("FP_CHECKPOINT_DIR", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    assert ex.main(["--time-only", "--log", str(log), str(path)]) == 0
+    assert path.read_text() == before
+    entry = next(iter(json.loads(log.read_text()).values()))
+    assert entry["config"]["FP_CHECKPOINT_DIR"] == "off" and entry["seconds"] > 0
+    assert ex.main(["--log", str(log), str(path)]) == 0
+    outs = nbformat.read(path, 4).cells[0].outputs
+    assert outs[0]["text"].strip() == "off 1"
+    glued = [o for o in outs if o.get("metadata", {}).get("scrapbook", {}).get("name") == "answer"]
+    assert glued and glued[0]["data"]["application/papermill.record/text/plain"] == "42"
+
+
+@pytest.mark.parametrize("value", [0.123456, "a |cos| text", 7])
+def test_glue_fallback_records_what_myst_nb_records(value, monkeypatch):
+    import IPython.display
+
+    from fp_helpers import book
+
+    myst_glue = pytest.importorskip("myst_nb.ext.glue")
+    seen = []
+    monkeypatch.setattr(myst_glue, "ipy_display", lambda *a, **k: seen.append((a, k)))
+    myst_glue.glue("v", value, display=False)
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: seen.append((a, k)))
+    book._record("v", value, display=False)
+    assert len(seen) == 2 and seen[0] == seen[1]
