@@ -540,6 +540,43 @@ def bench_all(out: str | Path | None = None, device=None, synthetic: dict | None
     return result
 
 
+BENCH_HEADER = ["device", "synthetic step, ours / naive (clean, FGM)", "NTK Gram n=256, torch.func / closed form",
+                "CIFAR FGSM-RS naive fp32 (images/s)", "ours (images/s)", "ours / naive",
+                "ours TFLOP/s (% of matmul peak)", "ours, s per epoch"]
+
+
+def bench_markdown(folder: str | Path = "results/bench") -> str:
+    """The README's benchmark table: a row per ``bench all`` file in ``folder`` (CPUs first), and a GPU row
+    saying it is not measured when no file comes from a GPU."""
+    import json
+
+    rows = []
+    for f in sorted(Path(folder).glob("*.json")):
+        r = json.loads(f.read_text())
+        if not all(k in r for k in ("synthetic", "ntk", "cifar", "environment")):
+            continue
+        env, syn, ntk, cf = r["environment"], r["synthetic"], r["ntk"], r["cifar"]
+        ours = cf["variants"][cf["ours"]]
+        gpu = env["device"].startswith("cuda")
+        label = (f"{env['device_name']} (`results/bench/{f.name}`, {env['date'][:10]}; CIFAR at batch {cf['batch']}, "
+                 f"{cf['batches']} timed batches{', torch.compile' if cf.get('compile') else ''})")
+        rows.append((gpu, "| " + " | ".join([
+            label,
+            f"{syn['clean']['speedup']:.1f}x, {syn['fgm']['speedup']:.1f}x (floor: {syn['clean']['speedup_bound']:.1f}x, "
+            f"{syn['fgm']['speedup_bound']:.1f}x)",
+            f"{ntk['ratio']:.0f}x; n={ntk['n_gram']:,} Gram in {ntk['gram_s']:.1f} s",
+            f"{cf['variants']['naive']['images_per_s']:.1f}",
+            f"{ours['images_per_s']:.1f} ({ours['description']})",
+            f"{cf['speedup']:.2f}x",
+            f"{ours['tflops']:.3g} ({100 * ours['peak_fraction']:.0f}% of {ours['peak_reference']} matmul peak)",
+            f"{ours['seconds_per_epoch']:.0f}"]) + " |"))
+    if not any(g for g, _ in rows):
+        rows.append((True, "| 1 GPU (`results/bench/<gpu>.json`) | not yet measured: no GPU was lent to the tasks "
+                           "that built this (`bash scripts/gpu_kit.sh bench` on one) |" + " |" * (len(BENCH_HEADER) - 2)))
+    head = ["| " + " | ".join(BENCH_HEADER) + " |", "|" + "---|" * len(BENCH_HEADER)]
+    return "\n".join(head + [line for _, line in sorted(rows, key=lambda t: t[0])])
+
+
 # --------------------------------------------------------------------------------------------------
 # notebook execution times (results/execution_times.json)
 

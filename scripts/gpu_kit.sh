@@ -6,7 +6,7 @@
 #   bash scripts/gpu_kit.sh prepare        # .whl/: Jupyter's kernel machinery as wheels; .gpu_data/: the CIFAR-10
 #                                          # data of FP_DATA_DIR (default ../shared/data/cifar10). Both git-ignored.
 # There, from the repository root, carrying .whl and .gpu_data, one step per call:
-#   bash scripts/gpu_kit.sh bench          # python -m fp_helpers bench all (and --compile) -> results/bench/<gpu>.json
+#   bash scripts/gpu_kit.sh bench          # python -m fp_helpers bench all -> results/bench/<gpu>.json (and <gpu>-compile.json)
 #   bash scripts/gpu_kit.sh synthetic      # theory .. lower_bounds at FP_PROFILE=full, outputs written back, timed
 #   bash scripts/gpu_kit.sh cifar          # run cifar --profile full -> results/cifar/full-gpu; then the chapter
 #   bash scripts/gpu_kit.sh appendix       # the execution-statistics appendix (reads the times just recorded)
@@ -68,7 +68,8 @@ case "${1:-}" in
   bench)
     stamp; use_wheels
     "$PY" -m fp_helpers bench all
-    "$PY" -m fp_helpers bench cifar --compile --out results/bench/cifar-compile-"$(date +%Y%m%d)".json || true
+    slug=$("$PY" -c "from fp_helpers.bench import device_slug; print(device_slug())")
+    "$PY" -m fp_helpers bench all --compile --out "results/bench/$slug-compile.json" || echo "torch.compile variant failed" >&2
     pack bench;;
   synthetic)
     stamp; use_wheels

@@ -239,3 +239,11 @@ def test_glue_fallback_records_what_myst_nb_records(value, monkeypatch):
     monkeypatch.setattr(IPython.display, "display", lambda *a, **k: seen.append((a, k)))
     book._record("v", value, display=False)
     assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_readme_benchmark_table_is_the_one_the_results_give():
+    root = Path(__file__).resolve().parents[1]
+    want = bench.bench_markdown(root / "results" / "bench")
+    assert want in (root / "README.md").read_text(), (
+        "README.md's benchmark table differs from results/bench/*.json; regenerate it with the command above it:\n"
+        + want)
