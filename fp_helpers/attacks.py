@@ -81,13 +81,16 @@ def gradient_and_margins(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
         out = model(xr)
         m = _margins_from_scores(out, y)
         if out.ndim == 1:
-            (g,) = torch.autograd.grad(-m.sum(), xr)
+            loss = -m.sum()
         else:
-            (g,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), xr, retain_graph=True)
-            flat = (g.flatten(1) == 0).all(1)
-            if bool(flat.any()):
-                (gm,) = torch.autograd.grad(-m.sum(), xr)
-                g = torch.where(flat.view(-1, *([1] * (g.ndim - 1))), gm, g)
+            # the cross-entropy's gradient in the logits is softmax - onehot: exactly zero when every other
+            # class's probability is 0 in fp32. Those points take the margin's gradient instead, in the same
+            # backward pass (no host synchronisation, no second pass).
+            with torch.no_grad():
+                p = torch.softmax(out.float(), 1)
+                saturated = (p.scatter(1, y[:, None], 0.0).sum(1) == 0).to(out.dtype)
+            loss = F.cross_entropy(out, y, reduction="sum") - (saturated * m).sum()
+        (g,) = torch.autograd.grad(loss, xr)
     return g, m.detach()
 
 
