@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Sequence
 
 
@@ -48,3 +51,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: st
     lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return Markdown("\n".join(lines))
+
+
+_ABS_PATH = re.compile(r"(?<![\w.])/[^\s()'\",|;]+")
+
+
+def portable_paths(text: str) -> str:
+    """``text`` with this machine's absolute paths made portable, for outputs a website shows: a path inside
+    the repository becomes relative to it, one inside ``$FP_DATA_DIR`` starts with ``$FP_DATA_DIR``, any
+    other keeps its last two parts after ``.../``."""
+    root = Path(__file__).resolve().parents[1]
+    data = os.environ.get("FP_DATA_DIR")
+    data = Path(data).resolve() if data else None
+
+    def repl(m):
+        p = Path(m.group(0)).resolve()
+        for base, prefix in ((root, ""), (data, "$FP_DATA_DIR/")):
+            if base is not None and p.is_relative_to(base):
+                rel = p.relative_to(base).as_posix()
+                return prefix + rel if rel != "." else (prefix.rstrip("/") or ".")
+        return ".../" + "/".join(p.parts[-2:])
+
+    return _ABS_PATH.sub(repl, text)

@@ -477,6 +477,15 @@ def read_result(path: str | Path) -> tuple[Path, dict]:
     return p, data
 
 
+def _display_path(p: Path) -> str:
+    """``p`` relative to the repository when it lies inside it (no machine's absolute path in the book)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return Path(p).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def load_result(path: str | Path, expected_config=None, *, historical: bool = False) -> dict:
     """Read a saved JSON result (a file, or a folder holding ``result.json``) and check that it is current.
 
@@ -492,10 +501,13 @@ def load_result(path: str | Path, expected_config=None, *, historical: bool = Fa
     if problems:
         prov = data.get("provenance") or {}
         made = f"made {prov.get('date', 'on an unknown date')} by fp_helpers {prov.get('commit') or '?'}"
-        msg = f"{p} ({made}) may be stale: {'; '.join(problems)}. {recompute_hint(data, p)}"
+        shown = _display_path(p)
         if historical:
-            print(f"note: {msg}")
+            print(f"note: {shown} is a historical record ({made}), shown as it was: its config and the code behind "
+                  f"it differ from today's ({len(problems)} difference{'s' if len(problems) != 1 else ''}; "
+                  f"python -m fp_helpers check {shown} lists them)")
         else:
+            msg = f"{shown} ({made}) may be stale: {'; '.join(problems)}. {recompute_hint(data, p)}"
             warnings.warn(StaleResultWarning(msg), stacklevel=2)
     return data
 

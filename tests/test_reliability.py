@@ -179,7 +179,7 @@ def test_code_fingerprint_sees_code_changes_not_docstrings_or_unrelated_code():
     assert pv.code_fingerprint("cifar", aug)["hash"] != pv.code_fingerprint("cifar")["hash"]
 
 
-def test_load_result_warns_when_config_or_code_is_stale(tmp_path):
+def test_load_result_warns_when_config_or_code_is_stale(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["run", "synthetic", "--profile", "quick", *SYN, "--out", str(out)]) == 0
     with warnings.catch_warnings():
@@ -209,7 +209,12 @@ def test_load_result_warns_when_config_or_code_is_stale(tmp_path):
     # historical=True: a printed note instead of a warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        capsys.readouterr()
         pv.load_result(tmp_path / "code.json", historical=True)
+    note = capsys.readouterr().out
+    assert note.startswith("note: ") and "historical record" in note and "1 difference;" in note
+    # a result inside the repository is named relative to it: no machine's absolute path in the book
+    assert pv._display_path(REPO / "results" / "x.json") == "results/x.json"
 
     (tmp_path / "bad.json").write_text(out.read_text()[:100])
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
