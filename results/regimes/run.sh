@@ -14,3 +14,4 @@ run C_beta03_init01 --set beta=0.3 --set clean_steps=12000 --set adv_steps=12000
 run D_beta02_init003 --set beta=0.2 --set init_std=0.003 --set clean_steps=20000 --set adv_steps=12000 --set adv_lr=2
 run E_beta01_init002 --set beta=0.1 --set init_std=0.002 --set clean_steps=20000 --set adv_steps=12000 --set adv_lr=2
 run F_beta02_init003_long --set beta=0.2 --set init_std=0.003 --set clean_steps=20000 --set adv_steps=40000 --set adv_lr=2 --set log_every=2000
+run G_beta015_init0002_long --set beta=0.15 --set init_std=0.002 --set clean_steps=20000 --set adv_steps=40000 --set adv_lr=2 --set log_every=2000
