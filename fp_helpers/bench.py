@@ -584,6 +584,11 @@ CHAPTERS = ("theory", "sparse_coding", "clean_training", "adversarial_training",
 PROFILE_ORDER = ("quick", "full")
 
 
+def device_kind(device_name: str) -> str:
+    """``"cpu"`` for a recorded device name such as ``CPU (x86_64, 2 threads)``, else ``"gpu"``."""
+    return "cpu" if str(device_name).startswith("CPU") else "gpu"
+
+
 def notebook_times_table(path: str | Path = "results/execution_times.json") -> list[dict]:
     """One row per recorded notebook execution in ``path`` (written by ``scripts/execute_notebooks.py``):
     ``chapter`` (notebook stem), ``notebook``, ``profile``, ``device`` (as recorded, e.g.
@@ -602,7 +607,7 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
         device = str(e.get("device", ""))
         m = re.search(r"(\d+) threads?\)", device)
         rows.append({"chapter": Path(nb).stem, "notebook": nb, "profile": e.get("profile") or (key.split("@") + [""])[1],
-                     "device": device, "gpu": not device.startswith("CPU"), "threads": int(m.group(1)) if m else None,
+                     "device": device, "gpu": device_kind(device) == "gpu", "threads": int(m.group(1)) if m else None,
                      "seconds": float(e["seconds"]), "date": e.get("date"), "commit": e.get("commit")})
 
     def order(r):

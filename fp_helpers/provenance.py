@@ -477,15 +477,6 @@ def read_result(path: str | Path) -> tuple[Path, dict]:
     return p, data
 
 
-def _display_path(p: Path) -> str:
-    """``p`` relative to the repository when it lies inside it (no machine's absolute path in the book)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        return Path(p).resolve().relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
-
-
 def load_result(path: str | Path, expected_config=None, *, historical: bool = False) -> dict:
     """Read a saved JSON result (a file, or a folder holding ``result.json``) and check that it is current.
 
@@ -501,7 +492,9 @@ def load_result(path: str | Path, expected_config=None, *, historical: bool = Fa
     if problems:
         prov = data.get("provenance") or {}
         made = f"made {prov.get('date', 'on an unknown date')} by fp_helpers {prov.get('commit') or '?'}"
-        shown = _display_path(p)
+        from .book import portable_paths
+
+        shown = portable_paths(str(Path(p).resolve()))  # no machine's absolute path in the book
         if historical:
             print(f"note: {shown} is a historical record ({made}), shown as it was: its config and the code behind "
                   f"it differ from today's ({len(problems)} difference{'s' if len(problems) != 1 else ''}; "

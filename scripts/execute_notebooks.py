@@ -28,13 +28,14 @@ from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fp_helpers import provenance, runs  # noqa: E402
+from fp_helpers.bench import device_kind  # noqa: E402
 from fp_helpers.provenance import write_json_atomic  # noqa: E402
 
 DEFAULTS = {"FP_PROGRESS": "0", "FP_CHECKPOINT_DIR": "off", "FP_GLUE": "1"}
 
 
 def entry_key(stem: str, profile: str, device_name: str) -> str:
-    return f"{stem}@{profile}@{'cpu' if device_name.startswith('CPU') else 'gpu'}"
+    return f"{stem}@{profile}@{device_kind(device_name)}"
 
 
 def main(argv: list[str] | None = None) -> int:
