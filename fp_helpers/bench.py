@@ -13,6 +13,7 @@ Also :func:`notebook_times_table`: the recorded notebook execution times, for th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import platform
@@ -380,7 +381,7 @@ def bench_cifar(batch: int | None = None, batches: int | None = None, warmup: in
     arithmetic) is not counted but takes time: the fraction of peak says how far the whole step is from
     the convolutions' arithmetic limit.
     """
-    from .cifar_models import make_model
+    from .cifar_models import channels_last_safe, make_model
     from .cifar_train import CifarTrainConfig
 
     device = _bench_device(device)
@@ -421,11 +422,14 @@ def bench_cifar(batch: int | None = None, batches: int | None = None, warmup: in
             tf32 = " (cuDNN convolutions in TF32)" if cuda and torch.backends.cudnn.allow_tf32 else ""
             desc = f"fp32{tf32}, NCHW, SGD(foreach=False)"
         else:
-            model = model.to(memory_format=torch.channels_last)
+            safe = channels_last_safe(model, device)  # False only for tiny widths on a CPU (a oneDNN bug)
+            run_cfg = cfg if safe else dataclasses.replace(cfg, channels_last=False)
+            if safe:
+                model = model.to(memory_format=torch.channels_last)
             run_model = torch.compile(model) if compile else model
-            step = ours_fgsm_rs_step_fn(run_model, x, y, cfg, amp=precision == "bf16", generator=gen)
+            step = ours_fgsm_rs_step_fn(run_model, x, y, run_cfg, amp=precision == "bf16", generator=gen)
             executed = flops["ours_step"]
-            desc = (f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}, channels-last, "
+            desc = (f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}, {'channels-last' if safe else 'NCHW'}, "
                     f"SGD({'fused' if cuda else 'default'}){', torch.compile' if compile else ''}")
         t_warm, t, cpu_t, loss = _time_steps(step, batches, warmup, device)
         ips = batch * batches / t

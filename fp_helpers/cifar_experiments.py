@@ -529,7 +529,8 @@ def load_run(folder, cfg: CifarConfig, device=None, data_counts: tuple[int, int]
             m.load_state_dict(state)
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"the run saved in {folder} is incomplete or corrupted: {e}") from e
-        models[key] = m.to(dev, memory_format=torch.channels_last).eval()  # as trained: same kernels, same numbers
+        fmt = torch.channels_last if cm.channels_last_safe(m, dev) else torch.contiguous_format
+        models[key] = m.to(dev, memory_format=fmt).eval()  # as trained: same kernels, same numbers
     try:
         pert = load_torch_checked(folder / "perturbations.pt", files.get("perturbations.pt"), "perturbation file")
     except ValueError as e:

@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 from .cifar import CIFAR_MEAN, CIFAR_STD, Normalize
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "Normalize", "PreActResNet", "PreActResNet18", "SmallResNet", "make_model",
-           "count_parameters", "named_weight_matrices", "first_layer_weight", "LowRankDelta", "FrozenBatchNorm2d",
+           "channels_last_safe", "count_parameters", "named_weight_matrices", "first_layer_weight", "LowRankDelta", "FrozenBatchNorm2d",
            "apply_low_rank", "is_low_rank", "low_rank_parameters", "clean_weights", "effective_weights",
            "low_rank_updates"]
 
@@ -119,6 +119,24 @@ class SmallResNet(PreActResNet):
 
 
 MODELS = {"preact_resnet18": PreActResNet18, "small_resnet": SmallResNet}
+
+
+# oneDNN's CPU 1x1-convolution kernel computes the weight gradient of a strided 1x1 convolution in NHWC
+# (channels-last) memory wrongly when the layer has fewer input channels than its channel block (8 with
+# AVX2, 16 with AVX-512): it writes past a workspace (uxlfoundation/oneDNN#6035). Seen here with torch
+# 2.14.1 on an AVX2 AMD EPYC: a SmallResNet of width 4 to 7 crashes (segfault, "double free") or hangs in
+# its first backward pass; elsewhere it gives wrong gradients silently.
+ONEDNN_1X1_BLOCK = 16
+
+
+def channels_last_safe(model: nn.Module, device) -> bool:
+    """Whether ``model`` may be trained in channels-last memory on ``device``: always on CUDA; on a CPU
+    only if no strided 1x1 convolution has fewer than ``ONEDNN_1X1_BLOCK`` input channels (the standard
+    widths of the book's models all qualify; a SmallResNet narrower than 16 does not)."""
+    if torch.device(device).type != "cpu":
+        return True
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+                   and m.in_channels < ONEDNN_1X1_BLOCK for m in model.modules())
 
 
 def make_model(name: str, seed: int | None = None, **kw) -> PreActResNet:

@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .cifar_models import channels_last_safe
 from .attacks import AttackSpec, _clip, _project, _random_start, _unit, input_gradient, margins, pgd
 from .provenance import record, save_torch_atomic
 from .runs import check_norm, get_device
@@ -86,7 +87,8 @@ class CifarTrainConfig:
     co_ratio: float = 0.5
     co_action: str = "restore"  # "restore": stop and restore the best held-out weights; "flag": go on
     amp: bool = True  # bf16 autocast for training and training attacks; CUDA only (ignored on CPU)
-    channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU (oneDNN)
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU (oneDNN); not
+    # taken on a CPU for models it would miscompute (cifar_models.channels_last_safe)
     seed: int = 0
     checkpoint_every: int = 1  # epochs between checkpoints
 
@@ -199,7 +201,7 @@ def train_step(model, opt, xb: torch.Tensor, yb: torch.Tensor, cfg: CifarTrainCo
     the batch in channels-last memory (``cfg.channels_last``), the training attack and the forward pass under
     bf16 autocast on the batch's device when ``amp``, cross-entropy, backward, ``opt.step()``. ``cfg`` must be
     validated. Returns the loss and the logits, detached."""
-    if cfg.channels_last:
+    if cfg.channels_last and channels_last_safe(model, xb.device):
         xb = xb.contiguous(memory_format=torch.channels_last)
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
         xb = training_attack(model, xb, yb, cfg, generator)
@@ -354,6 +356,8 @@ def train_cifar(model, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CifarT
     dev = get_device(device)
     cuda = dev.type == "cuda"
     model.to(dev)
+    if cfg.channels_last and not channels_last_safe(model, dev):
+        cfg = dataclasses.replace(cfg, channels_last=False)  # a oneDNN bug (see cifar_models.channels_last_safe)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 

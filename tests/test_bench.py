@@ -9,7 +9,7 @@ import torch
 
 from fp_helpers import bench
 from fp_helpers.__main__ import main
-from fp_helpers.cifar_models import make_model
+from fp_helpers.cifar_models import channels_last_safe, make_model
 from fp_helpers.cifar_train import CifarTrainConfig
 
 TINY_CIFAR = {"batch": 4, "batches": 1, "warmup": 1, "width": 4}
@@ -63,7 +63,9 @@ def _one_step(kind, amp=False, seed=5, batch=8):
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
     cfg = CifarTrainConfig(batch_size=batch, lr=0.05, attack="fgsm_rs", channels_last=True).validate()
-    model = make_model("preact_resnet18", seed=seed, width=4).train()
+    # width 16: the narrowest at which channels-last is safe on a CPU (cifar_models.channels_last_safe)
+    model = make_model("preact_resnet18", seed=seed, width=16).train()
+    assert channels_last_safe(model, "cpu")
     gen = torch.Generator().manual_seed(seed + 1)
     if kind == "naive":
         # fp_helpers' l-inf random start draws a Gaussian (used only for l2) before its uniform numbers:
@@ -80,10 +82,17 @@ def _one_step(kind, amp=False, seed=5, batch=8):
 def test_both_loops_do_the_same_maths():
     naive_loss, naive_w = _one_step("naive")
     ours_loss, ours_w = _one_step("ours")
-    # fp32 on CPU: the same loss and the same weights after one SGD step, up to NCHW / channels-last rounding
+    # fp32 on CPU: the same loss and the same SGD update, up to NCHW / channels-last rounding (which FGSM's
+    # sign() turns into a few flipped pixels: compare each tensor's update, not its last bits)
     assert ours_loss == pytest.approx(naive_loss, rel=1e-4)
-    for k in naive_w:
-        torch.testing.assert_close(ours_w[k], naive_w[k], rtol=1e-4, atol=1e-5, msg=k)
+    w0 = {k: v.detach().contiguous() for k, v in make_model("preact_resnet18", seed=5, width=16).state_dict().items()}
+
+    def update_gap(w):
+        return max(((w[k] - naive_w[k]).norm() / (naive_w[k] - w0[k]).norm()).item()
+                   for k in naive_w if naive_w[k].is_floating_point() and (naive_w[k] - w0[k]).norm() > 0)
+
+    assert update_gap(ours_w) < 0.02
+    assert update_gap(_one_step("naive", seed=6)[1]) > 0.5  # another batch: another update
     # bf16 autocast: the same step, rounded
     bf16_loss, _ = _one_step("ours", amp=True)
     assert bf16_loss == pytest.approx(naive_loss, abs=0.05)

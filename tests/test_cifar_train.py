@@ -382,3 +382,40 @@ def test_train_cifar_on_a_low_rank_model_trains_only_the_factors():
     assert hist["finished"] and all(torch.equal(v, clean_weights(model)[k]) for k, v in clean.items())
     assert all(torch.linalg.matrix_rank(u).item() <= 2 for u in low_rank_updates(model).values())
     assert any(u.abs().max() > 0 for u in low_rank_updates(model).values())
+
+
+# --------------------------------------------------------------------------------------------------
+# the oneDNN channels-last guard (cifar_models.channels_last_safe)
+
+_CL_SCRIPT = """
+import torch
+from fp_helpers.cifar_models import make_model
+from fp_helpers.cifar_train import CifarTrainConfig, train_cifar
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+out = {}
+for cl in (True, False):
+    m = make_model("small_resnet", seed=0, width=4)
+    train_cifar(m, x, y, CifarTrainConfig(epochs=1, batch_size=32, attack="fgsm_rs", channels_last=cl, seed=1),
+                progress=False, device="cpu")
+    out[cl] = m.state_dict()
+assert all(torch.equal(out[True][k], out[False][k]) for k in out[False]), "channels-last request changed the numbers"
+print("ok")
+"""
+
+
+def test_channels_last_is_refused_where_onednn_miscomputes_it():
+    from fp_helpers.cifar_models import channels_last_safe
+
+    assert not channels_last_safe(tiny(), "cpu")  # width 4: strided 1x1 convolutions with 4 and 8 inputs
+    assert channels_last_safe(tiny(width=16), "cpu")
+    assert channels_last_safe(PreActResNet18(), "cpu")
+    assert channels_last_safe(tiny(), "cuda")  # cuDNN has no such bug: only the device type is read
+    # Training a width-4 model with channels-last requested: on an AVX2 CPU this crashed or hung in the first
+    # backward pass before the guard. A subprocess, so a crash fails this test instead of killing pytest.
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _CL_SCRIPT], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
