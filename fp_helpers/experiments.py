@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field  # noqa: F401
 
 import torch
 
+from . import parallel
 from . import purification as pur
 from .attacks import AttackSpec, accuracy, robust_accuracy
 from .networks import LowRankTwoLayerNet, NetConfig, TwoLayerNet
@@ -305,48 +306,66 @@ def _check_seeds(seeds) -> list[int]:
     return seeds
 
 
+def _seed_unit(c: SyntheticConfig, adversarial: bool, device, progress, checkpoint_dir) -> dict:
+    """One seed of :func:`seed_curves`: its checkpoint payload (tensors on the CPU, so a worker process can
+    return it). ``adversarial``: the whole :func:`run_synthetic`; else clean training and its evaluation."""
+    if adversarial:
+        r = run_synthetic(c, device=device, progress=progress, checkpoint_dir=checkpoint_dir)
+        return {"W0": r.W0.cpu(), "clean": _net_state(r.clean), "adversarial": _net_state(r.adversarial),
+                "clean_history": _history_state(r.clean_history), "adv_history": _history_state(r.adv_history),
+                "metrics": r.metrics, "rng": _rng_state(r.setup)}
+    s = setup(c, device)
+    net, W0, _ = train_clean(s, progress)
+    return {"metrics": {"clean": evaluate(net, s, W0, curves=True)}}
+
+
+def _run_from_unit(c: SyntheticConfig, saved: dict, device) -> SyntheticRun:
+    s = setup(c, device)
+    _set_rng_state(s, saved["rng"])
+    return SyntheticRun(c, s, saved["W0"].to(device), _net_from_state(c, saved["clean"], device),
+                        _net_from_state(c, saved["adversarial"], device),
+                        _history_from_state(saved["clean_history"], device),
+                        _history_from_state(saved["adv_history"], device), saved["metrics"])
+
+
 def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=None, progress=None,
-                checkpoint_dir=None) -> dict:
+                checkpoint_dir=None, workers: int | None = None) -> dict:
     """Robust-accuracy curves over ``cfg.radii`` for several seeds: ``{"clean": (S, R), "adversarial": (S, R)}``
     plus each seed's headline metrics (``runs``).
 
-    Each seed is a checkpointed unit (:mod:`fp_helpers.checkpoints`): an interrupted sweep skips the seeds it
-    completed (and resumes the current one after its last training stage); the result is the same."""
+    On a CPU the seeds run side by side in worker processes (:mod:`fp_helpers.parallel`; ``workers`` or
+    ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in this process); the numbers are the same
+    either way. Each seed is a checkpointed unit (:mod:`fp_helpers.checkpoints`): an interrupted sweep skips
+    the seeds it completed (and resumes the current one after its last training stage); the result is the
+    same."""
     import numpy as np
 
     cfg, seeds = _check_config(cfg), _check_seeds(seeds)
     dev = get_device(device)
     ck = open_run("seed_curves", apply_overrides(cfg, {"seed": 0}), checkpoint_dir, dev, adversarial=bool(adversarial))
+    configs = {seed: apply_overrides(cfg, {"seed": int(seed)}) for seed in seeds}
+    units = {seed: ck.load(f"seed{seed}") for seed in seeds}
+    todo = [seed for seed in dict.fromkeys(seeds) if units[seed] is None]
+    steps = cfg.clean_steps + (cfg.adv_steps if adversarial else 0)
+    n = parallel.n_workers(len(todo), dev, steps, workers)
+    if n > 1:
+        tasks = [(configs[seed], bool(adversarial), "cpu", False, checkpoint_dir) for seed in todo]
+        for i, unit in parallel.run_unordered(_seed_unit, tasks, n):
+            units[todo[i]] = unit
+            ck.save(f"seed{todo[i]}", unit)
+    else:
+        for seed in todo:
+            units[seed] = _seed_unit(configs[seed], bool(adversarial), dev, progress, checkpoint_dir)
+            ck.save(f"seed{seed}", units[seed])
     curves: dict[str, list] = {"clean": [], "adversarial": []}
     runs, full_runs = [], []
     for seed in seeds:
-        c = apply_overrides(cfg, {"seed": int(seed)})
-        saved = ck.load(f"seed{seed}")
+        unit = units[seed]
         if adversarial:
-            if saved is None:
-                r = run_synthetic(c, device=dev, progress=progress, checkpoint_dir=checkpoint_dir)
-                ck.save(f"seed{seed}", {"W0": r.W0.cpu(), "clean": _net_state(r.clean),
-                                        "adversarial": _net_state(r.adversarial),
-                                        "clean_history": _history_state(r.clean_history),
-                                        "adv_history": _history_state(r.adv_history), "metrics": r.metrics,
-                                        "rng": _rng_state(r.setup)})
-            else:
-                s = setup(c, dev)
-                _set_rng_state(s, saved["rng"])
-                r = SyntheticRun(c, s, saved["W0"].to(dev), _net_from_state(c, saved["clean"], dev),
-                                 _net_from_state(c, saved["adversarial"], dev),
-                                 _history_from_state(saved["clean_history"], dev),
-                                 _history_from_state(saved["adv_history"], dev), saved["metrics"])
+            r = _run_from_unit(configs[seed], unit, dev)
             curves["adversarial"].append(r.metrics["adversarial"]["robust_curve"])
-            runs.append(r.metrics)
             full_runs.append(r)
-        else:
-            if saved is None:
-                s = setup(c, dev)
-                net, W0, _ = train_clean(s, progress)
-                saved = {"metrics": {"clean": evaluate(net, s, W0, curves=True)}}
-                ck.save(f"seed{seed}", saved)
-            runs.append(saved["metrics"])
+        runs.append(unit["metrics"])
         curves["clean"].append(runs[-1]["clean"]["robust_curve"])
     out = {k: np.array(v) for k, v in curves.items() if v}
     out["radii"] = np.array(cfg.radii)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass, fields
 
 import torch
 
 from . import baselines as bl
+from . import parallel
 from .attacks import AttackSpec, accuracy, robust_accuracy, robust_curve_nested
 from .experiments import PROFILE_PRESETS, SyntheticConfig, setup, train_adversarial, train_clean
 from .networks import TwoLayerNet
@@ -121,13 +123,132 @@ def _state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+@dataclass
+class _Context:
+    """What every stage reads: the setup (distribution, held-out points), the training set, the attacks.
+    Built from the configs alone, so a worker process builds the same one (:func:`_context`)."""
+
+    syn: SyntheticConfig
+    lb: LowerBoundConfig
+    s: object  # experiments.Setup
+    X: torch.Tensor
+    Y: torch.Tensor
+    spec: AttackSpec
+    curve_spec: AttackSpec
+
+    def evaluate(self, model) -> dict:
+        syn, lb, s = self.syn, self.lb, self.s
+        return evaluate_model(model, s.x_eval[: lb.lb_eval_n], s.y_eval[: lb.lb_eval_n], s.x_eval[: lb.curve_n],
+                              s.y_eval[: lb.curve_n], syn.tau, self.spec, [float(r) for r in lb.lb_radii],
+                              self.curve_spec, syn.seed + 50_000)
+
+
+def _context(syn: SyntheticConfig, lb: LowerBoundConfig, device=None) -> _Context:
+    s = setup(syn, device)
+    X, Y = s.dist.sample(lb.n_train, torch.Generator(device=s.device).manual_seed(syn.seed + 30_000))
+    return _Context(syn, lb, s, X, Y, syn.eval_attack(),
+                    AttackSpec("pgd", syn.norm, syn.pgd_steps, lb.curve_restarts))
+
+
+def _stages(lb: LowerBoundConfig) -> list[str]:
+    """The baseline stages of a run, in the order of the result (each one a checkpointed unit)."""
+    out = ["linear"] if "linear" in lb.models else []
+    out += [f"poly_{p}" for p in lb.degrees] if "poly" in lb.models else []
+    out += [k for k in ("ntk", "ntk_linearised") if k in lb.models]
+    return out + ([f"sparse_poly_{lb.sparse_poly_degree}"] if "sparse_poly" in lb.models else [])
+
+
+def stage_seed(syn: SyntheticConfig, unit: str) -> int:
+    """The seed of a baseline stage's generator: its own, so a model's numbers do not depend on which other
+    models the run trains, nor on the order or the process they are trained in."""
+    return syn.seed + 40_000 + zlib.crc32(unit.encode()) % 10_000
+
+
+def _kernel(c: _Context, unit: str, init_net: TwoLayerNet):
+    if unit == "ntk":
+        k = bl.NTKKernel(init_net)
+        k.scale = k.mean_diag(c.X)
+        return k
+    return bl.PolyKernel(int(unit.split("_")[1]), (c.X * c.X).sum(1).mean().item())
+
+
+def _make(c: _Context, unit: str, init_net: TwoLayerNet, name: str, state: dict | None = None):
+    """An empty model of ``name`` in ``unit`` (a kernel model needs its fitted ``state``)."""
+    dev, syn = c.s.device, c.syn
+    if unit == "linear":
+        return bl.LinearModel(syn.d, device=dev)
+    if unit == "ntk_linearised":
+        return bl.LinearisedNet(init_net, x_ref=c.X)
+    if unit.startswith("sparse_poly_"):
+        return bl.SparsePolynomial(c.s.dist, c.lb.sparse_poly_degree).to(dev)
+    return bl.KernelModel(_kernel(c, unit, init_net), state["centres"].to(dev), state["alpha"].to(dev))
+
+
+def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet) -> dict:
+    """Train the models of one baseline stage from its own seed, and attack them: ``{"metrics", "states"}``."""
+    syn, lb, X, Y, dev = c.syn, c.lb, c.X, c.Y, c.s.device
+    seed = stage_seed(syn, unit)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    fitted: dict = {}  # name -> (model, training seconds)
+
+    def sgd(model, steps, lr, attack="none", start=None):
+        if start is not None:
+            model.load_state_dict(start.state_dict())
+        t = time.perf_counter()
+        cfg = TrainConfig(steps=steps, batch=lb.lb_batch, lr=lr, attack=attack, tau=syn.tau, norm=syn.norm,
+                          pgd_steps=lb.adv_attack_steps, log_every=10**9)
+        train(model, c.s.dist, cfg, gen, data=(X, Y), progress=False, desc=f"{type(model).__name__} {attack}")
+        return model, time.perf_counter() - t
+
+    if unit == "linear":
+        fitted["linear"] = sgd(_make(c, unit, init_net, "linear"), lb.linear_steps, lb.linear_lr)
+        # FGM is the exact worst case of a linear model
+        fitted["linear_adv"] = sgd(_make(c, unit, init_net, "linear_adv"), lb.linear_steps, lb.linear_lr, "fgm",
+                                   start=fitted["linear"][0])
+        best = _make(c, unit, init_net, "linear_best")
+        with torch.no_grad():
+            best.w.copy_(c.s.dist.u)
+        fitted["linear_best"] = (best, 0.0)
+    elif unit == "ntk_linearised":
+        ln = sgd(_make(c, unit, init_net, unit), lb.lin_steps, lb.lin_lr)
+        fitted[unit] = ln
+        fitted[unit + "_adv"] = sgd(_make(c, unit, init_net, unit), lb.lin_adv_steps, lb.lin_lr, "pgd", start=ln[0])
+    elif unit.startswith("sparse_poly_"):
+        fitted[unit] = (_make(c, unit, init_net, unit), 0.0)
+    else:  # a kernel: ridge, then adversarial training with exact refits
+        kernel = _kernel(c, unit, init_net)
+        t = time.perf_counter()
+        fitted[unit] = (bl.fit_kernel_ridge(kernel, X, Y, lb.ridge), time.perf_counter() - t)
+        t = time.perf_counter()
+        m = bl.fit_kernel_adversarial(kernel, X, Y, syn.tau, syn.norm, lb.ridge, lb.adv_rounds, lb.adv_attack_steps,
+                                      gen)
+        fitted[unit + "_adv"] = (m, time.perf_counter() - t)
+    metrics = {}
+    for name, (model, seconds) in fitted.items():
+        metrics[name] = c.evaluate(model)
+        metrics[name]["train_seconds"] = round(seconds, 2)
+    return {"metrics": metrics, "states": {name: _state(model) for name, (model, _) in fitted.items()}}
+
+
+def _stage_in_worker(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch.Tensor) -> dict:
+    """:func:`_fit_stage` in a worker process (:mod:`fp_helpers.parallel`), on the CPU."""
+    c = _context(syn, lb, "cpu")
+    return _fit_stage(c, unit, TwoLayerNet(syn.d, syn.net_config(), weight=W0))
+
+
 def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, progress=None,
-                     profile: str | None = None, keep_models: bool = False, checkpoint_dir=None) -> dict:
+                     profile: str | None = None, keep_models: bool = False, checkpoint_dir=None,
+                     workers: int | None = None) -> dict:
     """Train and attack every model; returns the JSON-ready dict (and ``"_models"`` when ``keep_models``).
 
-    Each stage (the two-layer network, the linear models, each kernel, the linearised network, the sparse
-    polynomial) is checkpointed when it completes (:mod:`fp_helpers.checkpoints`; ``checkpoint_dir`` as
-    there, ``False``: none): an interrupted run resumes after its last completed stage with the same numbers.
+    The two-layer network comes first (its initialisation defines the NTK); then every baseline stage (the
+    linear models, each kernel, the linearised network, the sparse polynomial) trains from its own seed
+    (:func:`stage_seed`), so on a CPU the stages run side by side in worker processes
+    (:mod:`fp_helpers.parallel`; ``workers`` or ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in
+    this process) with the same numbers. Each stage is checkpointed when it completes
+    (:mod:`fp_helpers.checkpoints`; ``checkpoint_dir`` as there, ``False``: none): an interrupted run resumes
+    after its completed stages with the same numbers.
     """
     if not isinstance(syn, SyntheticConfig) or not isinstance(lb, LowerBoundConfig):
         raise TypeError(f"syn and lb must be a SyntheticConfig and a LowerBoundConfig (see lower_bounds_config), "
@@ -138,142 +259,56 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
             raise ValueError(f"{name}={getattr(lb, name)} is more than the eval_n={syn.eval_n} held-out points drawn; "
                              f"allowed: {name} <= eval_n (raise eval_n or lower {name})")
     t0 = time.perf_counter()
-    s = setup(syn, device)
-    dev = s.device
+    c = _context(syn, lb, device)
+    s, dev = c.s, c.s.device
     ck = open_run("lower-bounds", (syn, lb), checkpoint_dir, dev)
-    dist, tau, norm = s.dist, syn.tau, syn.norm
-    spec = syn.eval_attack()
-    curve_spec = AttackSpec("pgd", norm, syn.pgd_steps, lb.curve_restarts)
-    radii = [float(r) for r in lb.lb_radii]
-    x, y = s.x_eval[: lb.lb_eval_n], s.y_eval[: lb.lb_eval_n]
-    xc, yc = s.x_eval[: lb.curve_n], s.y_eval[: lb.curve_n]
-    gen_data = torch.Generator(device=dev).manual_seed(syn.seed + 30_000)
-    X, Y = dist.sample(lb.n_train, gen_data)
-    gen = torch.Generator(device=dev).manual_seed(syn.seed + 40_000)
-
     result: dict = stamp({}, "lower-bounds", (syn, lb), profile, dev)
-    result.update({"tau": tau, "norm": norm, "attack": spec.describe(tau),
-                   "curve_attack": curve_spec.describe(float("nan")).replace("eps=nan", "each radius"),
-                   "radii": radii, "n_train": lb.n_train})
+    result.update({"tau": syn.tau, "norm": syn.norm, "attack": c.spec.describe(syn.tau),
+                   "curve_attack": c.curve_spec.describe(float("nan")).replace("eps=nan", "each radius"),
+                   "radii": [float(r) for r in lb.lb_radii], "n_train": lb.n_train})
     models: dict = {}
 
-    def record(name: str, model, seconds: float):
-        models[name] = model
-        r = evaluate_model(model, x, y, xc, yc, tau, spec, radii, curve_spec, syn.seed + 50_000)
-        r["train_seconds"] = round(seconds, 2)
-        result[name] = r
-
-    def rng() -> dict:
-        return {"setup": s.gen.get_state(), "gen": gen.get_state(), "torch": torch.get_rng_state()}
-
-    def set_rng(state: dict) -> None:
-        s.gen.set_state(state["setup"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch"])
-
-    def stage(unit: str, fit, rebuild, extra=None):
-        """Run ``fit()`` (which calls ``record``) and checkpoint what it recorded, or restore it:
-        ``rebuild(states)`` gives the models back from their state dicts."""
-        saved = ck.load(unit)
-        if saved is not None:
-            result.update(saved["metrics"])
-            models.update(rebuild(saved["states"]))
-            set_rng(saved["rng"])
-            return saved.get("extra")
-        before = set(models)
-        out = fit()
-        names = [n for n in models if n not in before]
-        ck.save(unit, {"metrics": {n: result[n] for n in names if n in result},
-                       "states": {n: _state(models[n]) for n in names}, "rng": rng(),
-                       "extra": out})
-        return out
-
     # The two-layer network first: its initialisation defines the NTK.
-    def fit_two_layer():
+    saved = ck.load("two_layer")
+    if saved is None:
         t = time.perf_counter()
         clean, W0, _ = train_clean(s, progress)
         adv, _ = train_adversarial(s, clean, W0, progress=progress)
         t_two = time.perf_counter() - t
+        saved = {"metrics": {}, "states": {}, "W0": W0.cpu(), "gen": s.gen.get_state()}
         if "two_layer" in lb.models:
-            record("two_layer", clean, t_two)
-            record("two_layer_adv", adv, t_two)
-        return {"W0": W0.cpu()}
-
-    def rebuild_two_layer(states):
-        out = {}
-        for name, st in states.items():
-            net = TwoLayerNet(syn.d, syn.net_config(), weight=st["W"].to(dev))
-            net.beta = syn.beta
-            out[name] = net
-        return out
-
-    W0 = stage("two_layer", fit_two_layer, rebuild_two_layer)["W0"].to(dev)
+            for name, net in (("two_layer", clean), ("two_layer_adv", adv)):
+                saved["metrics"][name] = {**c.evaluate(net), "train_seconds": round(t_two, 2)}
+                saved["states"][name] = _state(net)
+        ck.save("two_layer", saved)
+    W0 = saved["W0"].to(dev)
+    s.gen.set_state(saved["gen"])  # a resumed run's setup is the fresh one's
+    result.update(saved["metrics"])
+    for name, st in saved["states"].items():
+        net = TwoLayerNet(syn.d, syn.net_config(), weight=st["W"].to(dev))
+        net.beta = syn.beta
+        models[name] = net
     init_net = TwoLayerNet(syn.d, syn.net_config(), weight=W0)
 
-    def sgd(model, steps, lr, attack="none", start=None):
-        if start is not None:
-            model.load_state_dict(start.state_dict())
-        t = time.perf_counter()
-        cfg = TrainConfig(steps=steps, batch=lb.lb_batch, lr=lr, attack=attack, tau=tau, norm=norm,
-                          pgd_steps=lb.adv_attack_steps, log_every=10**9)
-        train(model, dist, cfg, gen, data=(X, Y), progress=progress, desc=f"{type(model).__name__} {attack}")
-        return time.perf_counter() - t
-
-    def rebuild_with(make):
-        def rebuild(states):
-            out = {}
-            for name, st in states.items():
-                m = make(name, st)
-                m.load_state_dict({k: v.to(dev) for k, v in st.items()})
-                out[name] = m
-            return out
-        return rebuild
-
-    if "linear" in lb.models:
-        def fit_linear():
-            lin = bl.LinearModel(syn.d, device=dev)
-            record("linear", lin, sgd(lin, lb.linear_steps, lb.linear_lr))
-            lin_adv = bl.LinearModel(syn.d, device=dev)  # FGM is the exact worst case of a linear model
-            record("linear_adv", lin_adv, sgd(lin_adv, lb.linear_steps, lb.linear_lr, "fgm", start=lin))
-            best = bl.LinearModel(syn.d, device=dev)
-            with torch.no_grad():
-                best.w.copy_(dist.u)
-            record("linear_best", best, 0.0)
-
-        stage("linear", fit_linear, rebuild_with(lambda name, st: bl.LinearModel(syn.d, device=dev)))
-
-    def kernel_stage(kernel, name):
-        def fit():
-            t = time.perf_counter()
-            record(name, bl.fit_kernel_ridge(kernel, X, Y, lb.ridge), time.perf_counter() - t)
-            t = time.perf_counter()
-            m = bl.fit_kernel_adversarial(kernel, X, Y, tau, norm, lb.ridge, lb.adv_rounds, lb.adv_attack_steps, gen)
-            record(name + "_adv", m, time.perf_counter() - t)
-
-        stage(name, fit, lambda states: {n: bl.KernelModel(kernel, st["centres"].to(dev), st["alpha"].to(dev))
-                                         for n, st in states.items()})
-
-    if "poly" in lb.models:
-        scale = (X * X).sum(1).mean().item()
-        for p in lb.degrees:
-            kernel_stage(bl.PolyKernel(p, scale), f"poly_{p}")
-    if "ntk" in lb.models:
-        k = bl.NTKKernel(init_net)
-        k.scale = k.mean_diag(X)
-        kernel_stage(k, "ntk")
-    if "ntk_linearised" in lb.models:
-        def fit_linearised():
-            ln = bl.LinearisedNet(init_net, x_ref=X)
-            record("ntk_linearised", ln, sgd(ln, lb.lin_steps, lb.lin_lr))
-            ln_adv = bl.LinearisedNet(init_net, x_ref=X)
-            record("ntk_linearised_adv", ln_adv, sgd(ln_adv, lb.lin_adv_steps, lb.lin_lr, "pgd", start=ln))
-
-        stage("ntk_linearised", fit_linearised,
-              rebuild_with(lambda name, st: bl.LinearisedNet(init_net, x_ref=X)))
-    if "sparse_poly" in lb.models:
-        p = lb.sparse_poly_degree
-        stage(f"sparse_poly_{p}", lambda: record(f"sparse_poly_{p}", bl.SparsePolynomial(dist, p).to(dev), 0.0),
-              rebuild_with(lambda name, st: bl.SparsePolynomial(dist, p).to(dev)))
+    stages = _stages(lb)
+    units = {unit: ck.load(unit) for unit in stages}
+    todo = [unit for unit in stages if units[unit] is None]
+    n = parallel.n_workers(len(todo), dev, syn.clean_steps, workers)
+    if n > 1:
+        tasks = [(syn, lb, unit, W0.cpu()) for unit in todo]
+        for i, unit in parallel.run_unordered(_stage_in_worker, tasks, n):
+            units[todo[i]] = unit
+            ck.save(todo[i], unit)
+    else:
+        for unit in todo:
+            units[unit] = _fit_stage(c, unit, init_net)
+            ck.save(unit, units[unit])
+    for unit in stages:
+        result.update(units[unit]["metrics"])
+        for name, st in units[unit]["states"].items():
+            m = _make(c, unit, init_net, name, st)
+            m.load_state_dict({k: v.to(dev) for k, v in st.items()})
+            models[name] = m
 
     result["seconds"] = round(time.perf_counter() - t0, 2)
     ck.done()

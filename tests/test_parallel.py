@@ -1,0 +1,126 @@
+"""Seeds in worker processes (fp_helpers.parallel) give the numbers of one process, and the choice of
+how many workers follows its documented rules."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from fp_helpers import experiments, parallel
+from fp_helpers.provenance import strip_volatile
+
+
+def canonical(obj) -> str:
+    return json.dumps(strip_volatile(obj), sort_keys=True, default=str)
+
+
+def _tiny(**kw):
+    return experiments.synthetic_config("quick", {"clean_steps": 300, "adv_steps": 100, "eval_n": 200, "d": 60,
+                                                  "m": 40, "pgd_steps": 5, **kw})
+
+
+def _numbers(metrics: dict) -> dict:
+    # provenance says which process made a number (its thread count): everything else must agree
+    return canonical({k: v for k, v in metrics.items()
+                      if k not in ("provenance", "environment") and not k.startswith("_")})
+
+
+def test_training_is_bit_identical_with_one_or_two_threads():
+    s_cfg = _tiny(clean_steps=400)
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            net, _, _ = experiments.train_clean(experiments.setup(s_cfg, "cpu"), progress=False)
+            weights.append(net.weight.detach().clone())
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize("adversarial", [True, False])
+def test_seeds_in_worker_processes_give_the_numbers_of_one_process(adversarial):
+    cfg = _tiny()
+    one = experiments.seed_curves(cfg, [0, 1, 2], adversarial=adversarial, device="cpu", checkpoint_dir=False,
+                                  workers=1)
+    many = experiments.seed_curves(cfg, [0, 1, 2], adversarial=adversarial, device="cpu", checkpoint_dir=False,
+                                   workers=3)
+    for key in ("clean", "adversarial", "radii"):
+        if key in one:
+            assert (one[key] == many[key]).all(), key
+    assert [_numbers(m) for m in one["runs"]] == [_numbers(m) for m in many["runs"]]
+    assert len(one["full_runs"]) == len(many["full_runs"]) == (3 if adversarial else 0)
+    for a, b in zip(one["full_runs"], many["full_runs"]):
+        assert a.cfg == b.cfg
+        for net in ("clean", "adversarial"):
+            assert torch.equal(getattr(a, net).weight, getattr(b, net).weight)
+        assert torch.equal(a.W0, b.W0)
+        assert canonical(a.adv_history.rows) == canonical(b.adv_history.rows)
+        # what later cells draw from the run's generator is the same too
+        assert torch.equal(a.setup.gen.get_state(), b.setup.gen.get_state())
+    # and the seeds differ from one another (the workers did not all run one seed)
+    assert not (many["clean"][0] == many["clean"][1]).all() or not (many["clean"][1] == many["clean"][2]).all()
+
+
+def test_a_failing_worker_raises_here():
+    with pytest.raises(ValueError, match="math domain error"):
+        list(parallel.run_unordered(math.sqrt, [(4.0,), (-1.0,)], 2))
+    assert sorted(parallel.run_unordered(math.sqrt, [(4.0,), (9.0,)], 2)) == [(0, 2.0), (1, 3.0)]
+
+
+def test_worker_count_rules(monkeypatch):
+    monkeypatch.delenv("FP_WORKERS", raising=False)
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 2)
+    assert parallel.n_workers(3, "cpu", 24_000) == 3  # one process per seed on 2+ cores
+    assert parallel.n_workers(9, "cpu", 24_000) == 4  # at most twice the cores
+    assert parallel.n_workers(3, "cpu", 1_000) == 1  # short runs: not worth starting processes
+    assert parallel.n_workers(1, "cpu", 24_000) == 1
+    assert parallel.n_workers(3, "cuda", 24_000) == 1  # one GPU: runs share it
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 1)
+    assert parallel.n_workers(3, "cpu", 24_000) == 1
+    assert parallel.n_workers(3, "cpu", 1_000, workers=2) == 2  # an explicit choice wins
+    assert parallel.n_workers(2, "cpu", 1_000, workers=5) == 2  # never more workers than runs
+    monkeypatch.setenv("FP_WORKERS", "1")
+    assert parallel.n_workers(3, "cpu", 24_000) == 1
+    monkeypatch.setenv("FP_WORKERS", "two")
+    with pytest.raises(ValueError, match="FP_WORKERS must be a positive integer"):
+        parallel.n_workers(3, "cpu", 24_000)
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        parallel.n_workers(3, "cpu", 24_000, workers=0)
+
+
+def _lb_tiny(**kw):
+    from fp_helpers import lower_bounds
+
+    over = {"clean_steps": 200, "adv_steps": 50, "eval_n": 100, "d": 40, "m": 30, "n_train": 100, "degrees": (1, 2),
+            "linear_steps": 50, "lin_steps": 50, "lin_adv_steps": 20, "lb_eval_n": 100, "curve_n": 50, "pgd_steps": 3,
+            **kw}
+    return lower_bounds.lower_bounds_config("quick", over)
+
+
+def test_lower_bound_stages_in_worker_processes_give_the_numbers_of_one_process():
+    from fp_helpers import lower_bounds
+
+    syn, lb = _lb_tiny()
+    one = lower_bounds.run_lower_bounds(syn, lb, device="cpu", checkpoint_dir=False, keep_models=True, workers=1)
+    many = lower_bounds.run_lower_bounds(syn, lb, device="cpu", checkpoint_dir=False, keep_models=True, workers=4)
+    names = lower_bounds.model_names(one)
+    assert len(names) >= 10 and names == lower_bounds.model_names(many)  # same models, same order
+    assert _numbers(one) == _numbers(many)
+    for name in names:
+        a, b = one["_models"][name].state_dict(), many["_models"][name].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_baseline_does_not_depend_on_which_other_models_the_run_trains():
+    from fp_helpers import lower_bounds
+
+    syn, lb = _lb_tiny()
+    every = lower_bounds.run_lower_bounds(syn, lb, device="cpu", checkpoint_dir=False, workers=1)
+    syn, poly_only = _lb_tiny(models=("poly", "two_layer"), degrees=(2,))
+    alone = lower_bounds.run_lower_bounds(syn, poly_only, device="cpu", checkpoint_dir=False, workers=1)
+    assert "poly_1" not in alone and "linear" not in alone
+    for name in ("poly_2", "poly_2_adv", "two_layer", "two_layer_adv"):
+        assert canonical(alone[name]) == canonical(every[name]), name
