@@ -25,7 +25,7 @@ from .experiments import PROFILE_PRESETS, SyntheticConfig, setup, train_adversar
 from .networks import TwoLayerNet
 from .checkpoints import open_run
 from .provenance import stamp
-from .runs import apply_overrides, get_profile
+from .runs import apply_overrides, get_device, get_profile
 from .training import TrainConfig, train
 
 
@@ -184,10 +184,11 @@ def _make(c: _Context, unit: str, init_net: TwoLayerNet, name: str, state: dict 
     return bl.KernelModel(_kernel(c, unit, init_net), state["centres"].to(dev), state["alpha"].to(dev))
 
 
-def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet) -> dict:
-    """Train the models of one baseline stage from its own seed, and attack them: ``{"metrics", "states"}``."""
+def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet | None, seed: int | None = None) -> dict:
+    """Train the models of one baseline stage from its own seed (``seed`` overrides :func:`stage_seed`), and
+    attack them: ``{"metrics", "states"}``."""
     syn, lb, X, Y, dev = c.syn, c.lb, c.X, c.Y, c.s.device
-    seed = stage_seed(syn, unit)
+    seed = stage_seed(syn, unit) if seed is None else seed
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
     fitted: dict = {}  # name -> (model, training seconds)
@@ -231,10 +232,38 @@ def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet) -> dict:
     return {"metrics": metrics, "states": {name: _state(model) for name, (model, _) in fitted.items()}}
 
 
-def _stage_in_worker(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch.Tensor) -> dict:
+def _stage_in_worker(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch.Tensor | None,
+                     seed: int | None = None) -> dict:
     """:func:`_fit_stage` in a worker process (:mod:`fp_helpers.parallel`), on the CPU."""
     c = _context(syn, lb, "cpu")
-    return _fit_stage(c, unit, TwoLayerNet(syn.d, syn.net_config(), weight=W0))
+    return _fit_stage(c, unit, None if W0 is None else TwoLayerNet(syn.d, syn.net_config(), weight=W0), seed)
+
+
+def linear_stage_orders(syn: SyntheticConfig, lb: LowerBoundConfig, orders: int = 5, device=None,
+                        workers: int | None = None) -> list[dict]:
+    """The ``linear`` stage (logistic regression, then FGM training from it) rerun with ``orders`` seeds, i.e.
+    as many orders of the same training set and random starts (the first is the run's own,
+    :func:`stage_seed`): per order the metrics of ``linear`` and ``linear_adv`` as in the run, plus the norm of
+    each weight vector (``w_norm``). How much of the adversarial linear model is the path SGD took."""
+    if not isinstance(orders, int) or isinstance(orders, bool) or orders < 1:
+        raise ValueError(f"orders must be a positive int, got {orders!r}")
+    syn, lb = syn.validate(), lb.validate()
+    seeds = [stage_seed(syn, "linear") + i for i in range(orders)]
+    dev = get_device(device)
+    n = parallel.n_workers(orders, dev, syn.clean_steps, workers)
+    if n > 1:
+        units = dict(parallel.run_unordered(_stage_in_worker, [(syn, lb, "linear", None, sd) for sd in seeds], n))
+    else:
+        c = _context(syn, lb, dev)
+        units = {i: _fit_stage(c, "linear", None, sd) for i, sd in enumerate(seeds)}
+    out = []
+    for i in range(orders):
+        u = units[i]
+        row = {"seed": seeds[i]}
+        for name in ("linear", "linear_adv"):
+            row[name] = {**u["metrics"][name], "w_norm": u["states"][name]["w"].norm().item()}
+        out.append(row)
+    return out
 
 
 def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, progress=None,

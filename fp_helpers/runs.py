@@ -81,7 +81,19 @@ def git_commit() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    isa = cpu_capability()
+    isa = f", {isa}" if isa else ""
+    return f"CPU ({platform.processor() or platform.machine()}{isa}, {torch.get_num_threads()} threads)"
+
+
+def cpu_capability() -> str | None:
+    """The vector instruction set PyTorch's CPU kernels use here (``AVX2``, ``AVX512``, ...). CPU results are
+    bit-for-bit reproducible only on the same kind: oneDNN picks other kernels (another summation order)
+    on another instruction set, and training amplifies the rounding differences."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def environment(profile: str | None = None, device: str | torch.device | None = None) -> dict[str, Any]:
@@ -91,6 +103,7 @@ def environment(profile: str | None = None, device: str | torch.device | None = 
         "profile": get_profile(profile),
         "device": str(dev),
         "device_name": device_name(dev),
+        "cpu_capability": cpu_capability(),
         "fp_helpers": __version__,
         "commit": git_commit(),
         "torch": str(torch.__version__),

@@ -124,3 +124,20 @@ def test_a_baseline_does_not_depend_on_which_other_models_the_run_trains():
     assert "poly_1" not in alone and "linear" not in alone
     for name in ("poly_2", "poly_2_adv", "two_layer", "two_layer_adv"):
         assert canonical(alone[name]) == canonical(every[name]), name
+
+
+def test_linear_stage_orders_start_with_the_runs_own_and_differ_after():
+    from fp_helpers import lower_bounds
+
+    syn, lb = _lb_tiny(models=("linear", "two_layer"), n_train=300)  # more than a batch: the order matters
+    run = lower_bounds.run_lower_bounds(syn, lb, device="cpu", checkpoint_dir=False, workers=1)
+    orders = lower_bounds.linear_stage_orders(syn, lb, orders=3, device="cpu", workers=1)
+    assert len(orders) == 3 and len({o["seed"] for o in orders}) == 3
+    own = orders[0]["linear_adv"]
+    assert own["robust_acc"] == run["linear_adv"]["robust_acc"] and own["clean_acc"] == run["linear_adv"]["clean_acc"]
+    assert orders[1]["linear"]["w_norm"] != orders[0]["linear"]["w_norm"]  # another order: another SGD path
+    assert all(o[n]["w_norm"] > 0 for o in orders for n in ("linear", "linear_adv"))
+    in_workers = lower_bounds.linear_stage_orders(syn, lb, orders=3, device="cpu", workers=3)
+    assert [_numbers(o) for o in in_workers] == [_numbers(o) for o in orders]
+    with pytest.raises(ValueError, match="orders must be a positive int"):
+        lower_bounds.linear_stage_orders(syn, lb, orders=0)
