@@ -15,6 +15,7 @@ running can hang the child), so the function they run must live in an importable
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator
 
@@ -34,7 +35,8 @@ def cpu_cores() -> int:
 def n_workers(n_tasks: int, device, steps_per_task: int, workers: int | None = None) -> int:
     """How many processes to run ``n_tasks`` independent runs in: ``workers`` (or ``$FP_WORKERS``) when
     given, else, on a CPU with 2+ cores and runs of ``MIN_STEPS`` steps or more, one per run up to twice
-    the cores (each then gets ``cores // workers`` threads, at least one), else 1 (in this process).
+    the cores (each then gets ``cores // workers`` threads, at least one), where workers can start
+    (:func:`spawn_safe`), else 1 (in this process).
     A GPU always gets 1: its runs share one device."""
     if workers is None and os.environ.get("FP_WORKERS", "").strip():
         raw = os.environ["FP_WORKERS"].strip()
@@ -46,10 +48,21 @@ def n_workers(n_tasks: int, device, steps_per_task: int, workers: int | None = N
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive integer (1: no worker processes), got {workers!r}")
         return max(1, min(workers, n_tasks))
-    if torch.device(device).type != "cpu" or n_tasks < 2 or steps_per_task < MIN_STEPS:
+    if torch.device(device).type != "cpu" or n_tasks < 2 or steps_per_task < MIN_STEPS or not spawn_safe():
         return 1
     cores = cpu_cores()
     return 1 if cores < 2 else min(n_tasks, 2 * cores)
+
+
+def spawn_safe() -> bool:
+    """Whether worker processes can start without running the caller's own program again: a spawned worker
+    imports the ``__main__`` module, so a plain script (``python my_script.py``) would be re-run in every
+    worker unless its code sits under ``if __name__ == "__main__":``, which cannot be checked. True in a
+    notebook or interactive session (no main file) and for a module run with ``python -m`` (the package's
+    CLI, ipykernel, pytest), which is imported under another name; a script gets workers only when it asks
+    (``workers=`` or ``FP_WORKERS``) and has that guard."""
+    main = sys.modules.get("__main__")
+    return getattr(main, "__file__", None) is None or getattr(main, "__spec__", None) is not None
 
 
 def _init_worker(threads: int) -> None:

@@ -60,7 +60,8 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
 }
 EXPERIMENTS = tuple(ENTRY_POINTS) + ("package",)
 # bookkeeping that never changes a number: left out of every fingerprint
-BOOKKEEPING_MODULES = frozenset({"provenance", "checkpoints", "__main__", "__init__", "book", "plots", "bench"})
+BOOKKEEPING_MODULES = frozenset({"provenance", "checkpoints", "__main__", "__init__", "book", "plots", "bench",
+                                 "parallel"})  # parallel: where runs execute, never their numbers (test_parallel)
 BOOKKEEPING_NAMES = frozenset({"runs.environment", "runs.banner", "runs.git_commit", "runs.device_name",
                                "runs.cpu_capability"})
 # keys that legitimately differ between two runs of the same command (timings, dates)

@@ -141,3 +141,21 @@ def test_linear_stage_orders_start_with_the_runs_own_and_differ_after():
     assert [_numbers(o) for o in in_workers] == [_numbers(o) for o in orders]
     with pytest.raises(ValueError, match="orders must be a positive int"):
         lower_bounds.linear_stage_orders(syn, lb, orders=0)
+
+
+def test_a_plain_script_is_not_rerun_by_workers(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.delenv("FP_WORKERS", raising=False)
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 2)
+    script = types.ModuleType("__main__")
+    script.__file__, script.__spec__ = "/tmp/my_script.py", None  # python my_script.py
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    assert parallel.n_workers(3, "cpu", 24_000) == 1
+    assert parallel.n_workers(3, "cpu", 24_000, workers=3) == 3  # asked for: the script has its guard
+    script.__spec__ = types.SimpleNamespace(name="fp_helpers.__main__")  # python -m fp_helpers ...
+    assert parallel.n_workers(3, "cpu", 24_000) == 3
+    del script.__file__  # a notebook or an interactive session
+    script.__spec__ = None
+    assert parallel.n_workers(3, "cpu", 24_000) == 3
