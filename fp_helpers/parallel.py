@@ -1,11 +1,12 @@
 """Independent CPU runs (one per seed) in worker processes.
 
-On a CPU, PyTorch's intra-op threads speed the small matrix products of the synthetic experiments up only
-a little (2 threads: 1.2x over 1 on the 2-core machine of the book), while separate processes run
-independent seeds side by side: three seeds of clean training in three 1-thread processes on 2 cores take
-13.4 s where one 2-thread process takes 22.9 s (1.7x; see ``results/execution_times.json`` for the
-chapters). The numbers do not change: a run's results are bit-identical with 1 or 2 threads, and every run
-draws from its own seeded generators (``tests/test_parallel.py`` checks both).
+On a CPU, PyTorch's intra-op threads speed the small matrix products of synthetic *training* up only a
+little (2 threads: 1.2-1.3x over 1 on the 2-core machine of the book), while separate processes run
+independent runs side by side: three seeds of clean training in three 1-thread processes on 2 cores take
+12-13 s where one 2-thread process takes 17-23 s. Whole seed sweeps gain much less there, because their
+PGD evaluation already keeps both cores busy (``scripts/workers_ab.py``; README, "Worker processes").
+The numbers do not change: a run's results are bit-identical with 1 or 2 threads, and every run draws
+from its own seeded generators (``tests/test_parallel.py`` checks both).
 
 ``FP_WORKERS`` (or a ``workers=`` argument) overrides the automatic choice; ``1`` runs everything in this
 process. Worker processes are started with ``spawn`` (never ``fork``: forking a process whose OpenMP pool is
