@@ -348,15 +348,12 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
     todo = [seed for seed in dict.fromkeys(seeds) if units[seed] is None]
     steps = cfg.clean_steps + (cfg.adv_steps if adversarial else 0)
     n = parallel.n_workers(len(todo), dev, steps, workers)
-    if n > 1:
-        tasks = [(configs[seed], bool(adversarial), "cpu", False, checkpoint_dir) for seed in todo]
-        for i, unit in parallel.run_unordered(_seed_unit, tasks, n):
-            units[todo[i]] = unit
-            ck.save(f"seed{todo[i]}", unit)
-    else:
-        for seed in todo:
-            units[seed] = _seed_unit(configs[seed], bool(adversarial), dev, progress, checkpoint_dir)
-            ck.save(f"seed{seed}", units[seed])
+    # in workers: on the CPU and without progress bars (they would interleave)
+    where = (dev, progress) if n == 1 else ("cpu", False)
+    tasks = [(configs[seed], bool(adversarial), *where, checkpoint_dir) for seed in todo]
+    for i, unit in parallel.run_unordered(_seed_unit, tasks, n):
+        units[todo[i]] = unit
+        ck.save(f"seed{todo[i]}", unit)
     curves: dict[str, list] = {"clean": [], "adversarial": []}
     runs, full_runs = [], []
     for seed in seeds:

@@ -232,11 +232,13 @@ def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet | None, seed: int |
     return {"metrics": metrics, "states": {name: _state(model) for name, (model, _) in fitted.items()}}
 
 
-def _stage_in_worker(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch.Tensor | None,
-                     seed: int | None = None) -> dict:
-    """:func:`_fit_stage` in a worker process (:mod:`fp_helpers.parallel`), on the CPU."""
-    c = _context(syn, lb, "cpu")
-    return _fit_stage(c, unit, None if W0 is None else TwoLayerNet(syn.d, syn.net_config(), weight=W0), seed)
+def _stage_unit(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch.Tensor | None,
+                seed: int | None, device) -> dict:
+    """:func:`_fit_stage` from the configs alone (so a worker process of :mod:`fp_helpers.parallel` can run
+    it): the context is rebuilt, the same as the caller's."""
+    c = _context(syn, lb, device)
+    init_net = None if W0 is None else TwoLayerNet(syn.d, syn.net_config(), weight=W0.to(c.s.device))
+    return _fit_stage(c, unit, init_net, seed)
 
 
 def linear_stage_orders(syn: SyntheticConfig, lb: LowerBoundConfig, orders: int = 5, device=None,
@@ -251,11 +253,8 @@ def linear_stage_orders(syn: SyntheticConfig, lb: LowerBoundConfig, orders: int 
     seeds = [stage_seed(syn, "linear") + i for i in range(orders)]
     dev = get_device(device)
     n = parallel.n_workers(orders, dev, syn.clean_steps, workers)
-    if n > 1:
-        units = dict(parallel.run_unordered(_stage_in_worker, [(syn, lb, "linear", None, sd) for sd in seeds], n))
-    else:
-        c = _context(syn, lb, dev)
-        units = {i: _fit_stage(c, "linear", None, sd) for i, sd in enumerate(seeds)}
+    tasks = [(syn, lb, "linear", None, sd, dev if n == 1 else "cpu") for sd in seeds]
+    units = dict(parallel.run_unordered(_stage_unit, tasks, n))
     out = []
     for i in range(orders):
         u = units[i]
@@ -323,15 +322,10 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
     units = {unit: ck.load(unit) for unit in stages}
     todo = [unit for unit in stages if units[unit] is None]
     n = parallel.n_workers(len(todo), dev, syn.clean_steps, workers)
-    if n > 1:
-        tasks = [(syn, lb, unit, W0.cpu()) for unit in todo]
-        for i, unit in parallel.run_unordered(_stage_in_worker, tasks, n):
-            units[todo[i]] = unit
-            ck.save(todo[i], unit)
-    else:
-        for unit in todo:
-            units[unit] = _fit_stage(c, unit, init_net)
-            ck.save(unit, units[unit])
+    tasks = [(syn, lb, unit, W0.cpu(), None, dev if n == 1 else "cpu") for unit in todo]
+    for i, unit in parallel.run_unordered(_stage_unit, tasks, n):
+        units[todo[i]] = unit
+        ck.save(todo[i], unit)
     for unit in stages:
         result.update(units[unit]["metrics"])
         for name, st in units[unit]["states"].items():

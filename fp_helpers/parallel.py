@@ -73,9 +73,13 @@ def _init_worker(threads: int) -> None:
 
 def run_unordered(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int) -> Iterator[tuple[int, Any]]:
     """``(i, fn(*tasks[i]))`` for every task, in the order they finish, from ``workers`` spawned processes
-    with ``cores // workers`` threads each. An exception in a worker is raised here, and the other tasks are
-    cancelled."""
+    with ``cores // workers`` threads each; ``workers=1``: one after the other in this process. An exception
+    in a worker is raised here, and the other tasks are cancelled."""
     tasks = list(tasks)
+    if workers <= 1:
+        for i, args in enumerate(tasks):
+            yield i, fn(*args)
+        return
     threads = max(1, cpu_cores() // workers)
     ctx = torch.multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
