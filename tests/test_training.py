@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -96,3 +97,61 @@ def test_regime_rows_read_every_result_file_with_exact_values(tmp_path):
     (tmp_path / "X_bad.json").write_text(json.dumps({"config": {}}))
     with pytest.raises(KeyError):
         experiments.regime_rows(tmp_path)
+
+
+@pytest.mark.parametrize("attack,steps", [("none", 70), ("fgm", 45)])
+def test_prefetching_the_next_block_changes_no_number(attack, steps, monkeypatch):
+    """Drawing the next block of samples in a background thread (training._Batches) gives bit-identical
+    weights, histories and the same final generator state as drawing it in the loop, also when the
+    evaluation between steps draws from that generator (it must wait for the block in flight)."""
+    from fp_helpers import training
+    from fp_helpers.networks import TwoLayerNet
+
+    cfg = experiments.synthetic_config("quick", {"d": 60, "m": 40})
+    tcfg = dataclasses.replace(cfg.clean_train_config() if attack == "none" else cfg.adv_train_config(),
+                               steps=steps, block=8, log_every=20)
+    orig = training._Batches.__init__
+    out, used, seen = {}, {}, set()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for prefetch in (False, True):
+            def init(self, *a, _p=prefetch, **kw):
+                orig(self, *a, **{**kw, "prefetch": _p})
+                used[_p] = self.prefetch
+            monkeypatch.setattr(training._Batches, "__init__", init)
+            s = experiments.setup(cfg, "cpu")
+            net = TwoLayerNet(cfg.d, cfg.net_config(), generator=s.gen)
+            if prefetch:
+                grads = net.grads
+                monkeypatch.setattr(net, "grads", lambda *a, **kw: (seen.add(torch.get_num_threads()), grads(*a, **kw))[1])
+            # an evaluation that draws from the training generator, as a user's eval_fn may
+            hist = training.train(net, s.dist, tcfg, s.gen, progress=False,
+                                  eval_fn=lambda step, n: {"draw": torch.rand(1, generator=s.gen).item(),
+                                                           "threads": torch.get_num_threads()})
+            out[prefetch] = (net.weight.detach().clone(), hist.rows, s.gen.get_state(), torch.get_num_threads())
+    finally:
+        torch.set_num_threads(before)
+    assert used == {False: False, True: True}
+    assert torch.equal(out[False][0], out[True][0])
+    rows = {p: json.dumps([{k: v for k, v in r.items() if k != "threads"} for r in out[p][1]]) for p in out}
+    assert rows[False] == rows[True]  # the draws of the evaluations included
+    assert torch.equal(out[False][2], out[True][2])  # no block drawn beyond what the steps used
+    assert all(r["threads"] == 2 for r in out[True][1]) and out[True][3] == 2  # evaluations get every thread
+    assert seen == {1}  # the steps between them one fewer
+
+
+def test_prefetch_is_off_for_a_fixed_training_set_and_one_thread():
+    from fp_helpers import training
+
+    cfg = experiments.synthetic_config("quick", {"d": 60, "m": 40})
+    s = experiments.setup(cfg, "cpu")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fixed = dataclasses.replace(cfg.clean_train_config(), train_size=300)
+        assert not training._Batches(s.dist, fixed, s.gen).prefetch
+        torch.set_num_threads(1)
+        assert not training._Batches(s.dist, cfg.clean_train_config(), s.gen).prefetch
+    finally:
+        torch.set_num_threads(before)
