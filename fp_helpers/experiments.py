@@ -173,9 +173,23 @@ def progress_eval(s: Setup, W0: torch.Tensor, n: int = 500, pgd_steps: int = 10,
     return fn
 
 
+def init_net(s: Setup) -> TwoLayerNet:
+    """The randomly initialised network: the first draw from the setup's training generator."""
+    return TwoLayerNet(s.cfg.d, s.cfg.net_config(), generator=s.gen, device=s.device)
+
+
+def initial_weights(s: Setup) -> torch.Tensor:
+    """The initial weights :func:`train_clean` will start from, without using up the generator's draws."""
+    state = s.gen.get_state()
+    try:
+        return init_net(s).snapshot()
+    finally:
+        s.gen.set_state(state)
+
+
 def train_clean(s: Setup, progress=None, snapshot_steps=()) -> tuple[TwoLayerNet, torch.Tensor, History]:
     """Randomly initialised clean training; returns the net, its initial weights and the history."""
-    net = TwoLayerNet(s.cfg.d, s.cfg.net_config(), generator=s.gen, device=s.device)
+    net = init_net(s)
     W0 = net.snapshot()
     hist = train(net, s.dist, s.cfg.clean_train_config(), s.gen, eval_fn=progress_eval(s, W0),
                  snapshot_steps=snapshot_steps, progress=progress, desc="clean training")

@@ -21,7 +21,7 @@ import torch
 from . import baselines as bl
 from . import parallel
 from .attacks import AttackSpec, accuracy, robust_accuracy, robust_curve_nested
-from .experiments import PROFILE_PRESETS, SyntheticConfig, setup, train_adversarial, train_clean
+from .experiments import PROFILE_PRESETS, SyntheticConfig, initial_weights, setup, train_adversarial, train_clean
 from .networks import TwoLayerNet
 from .checkpoints import open_run
 from .provenance import stamp
@@ -232,11 +232,29 @@ def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet | None, seed: int |
     return {"metrics": metrics, "states": {name: _state(model) for name, (model, _) in fitted.items()}}
 
 
+def _two_layer_stage(c: _Context, progress=None) -> dict:
+    """The two-layer network: clean training, then FGM training from the clean weights, both attacked like the
+    baselines. ``{"metrics", "states", "W0", "gen"}`` (``gen``: the training generator's state after it)."""
+    s = c.s
+    t = time.perf_counter()
+    clean, W0, _ = train_clean(s, progress)
+    adv, _ = train_adversarial(s, clean, W0, progress=progress)
+    t_two = time.perf_counter() - t
+    out = {"metrics": {}, "states": {}, "W0": W0.cpu(), "gen": s.gen.get_state()}
+    for name, net in (("two_layer", clean), ("two_layer_adv", adv)):
+        out["metrics"][name] = {**c.evaluate(net), "train_seconds": round(t_two, 2)}
+        out["states"][name] = _state(net)
+    return out
+
+
 def _stage_unit(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch.Tensor | None,
-                seed: int | None, device) -> dict:
-    """:func:`_fit_stage` from the configs alone (so a worker process of :mod:`fp_helpers.parallel` can run
-    it): the context is rebuilt, the same as the caller's."""
+                seed: int | None, device, progress=False) -> dict:
+    """One stage of the run from the configs alone (so a worker process of :mod:`fp_helpers.parallel` can run
+    it; the context is rebuilt, the same as the caller's): the two-layer network (``unit="two_layer"``) or a
+    baseline (:func:`_fit_stage`)."""
     c = _context(syn, lb, device)
+    if unit == "two_layer":
+        return _two_layer_stage(c, progress)
     init_net = None if W0 is None else TwoLayerNet(syn.d, syn.net_config(), weight=W0.to(c.s.device))
     return _fit_stage(c, unit, init_net, seed)
 
@@ -270,11 +288,12 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
                      workers: int | None = None) -> dict:
     """Train and attack every model; returns the JSON-ready dict (and ``"_models"`` when ``keep_models``).
 
-    The two-layer network comes first (its initialisation defines the NTK); then every baseline stage (the
-    linear models, each kernel, the linearised network, the sparse polynomial) trains from its own seed
-    (:func:`stage_seed`), so on a CPU the stages run side by side in worker processes
-    (:mod:`fp_helpers.parallel`; ``workers`` or ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in
-    this process) with the same numbers. Each stage is checkpointed when it completes
+    Every stage trains from its own seed: the two-layer network (clean, then FGM) from the run's, each baseline
+    stage (the linear models, each kernel, the linearised network, the sparse polynomial) from
+    :func:`stage_seed`; the NTK models need only the network's initialisation, which is drawn before it
+    trains. So on a CPU all stages run side by side in worker processes (:mod:`fp_helpers.parallel`;
+    ``workers`` or ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in this process) with the same
+    numbers. The network is trained only when ``"two_layer"`` is among ``lb.models``. Each stage is checkpointed when it completes
     (:mod:`fp_helpers.checkpoints`; ``checkpoint_dir`` as there, ``False``: none): an interrupted run resumes
     after its completed stages with the same numbers.
     """
@@ -296,41 +315,32 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
                    "radii": [float(r) for r in lb.lb_radii], "n_train": lb.n_train})
     models: dict = {}
 
-    # The two-layer network first: its initialisation defines the NTK.
-    saved = ck.load("two_layer")
-    if saved is None:
-        t = time.perf_counter()
-        clean, W0, _ = train_clean(s, progress)
-        adv, _ = train_adversarial(s, clean, W0, progress=progress)
-        t_two = time.perf_counter() - t
-        saved = {"metrics": {}, "states": {}, "W0": W0.cpu(), "gen": s.gen.get_state()}
-        if "two_layer" in lb.models:
-            for name, net in (("two_layer", clean), ("two_layer_adv", adv)):
-                saved["metrics"][name] = {**c.evaluate(net), "train_seconds": round(t_two, 2)}
-                saved["states"][name] = _state(net)
-        ck.save("two_layer", saved)
-    W0 = saved["W0"].to(dev)
-    s.gen.set_state(saved["gen"])  # a resumed run's setup is the fresh one's
-    result.update(saved["metrics"])
-    for name, st in saved["states"].items():
-        net = TwoLayerNet(syn.d, syn.net_config(), weight=st["W"].to(dev))
-        net.beta = syn.beta
-        models[name] = net
+    # The two-layer network's initialisation defines the NTK: known before it trains, so the network trains
+    # side by side with the baselines (first: it is the longest stage).
+    W0 = initial_weights(s)
     init_net = TwoLayerNet(syn.d, syn.net_config(), weight=W0)
-
-    stages = _stages(lb)
-    units = {unit: ck.load(unit) for unit in stages}
-    todo = [unit for unit in stages if units[unit] is None]
+    units_order = (["two_layer"] if "two_layer" in lb.models else []) + _stages(lb)
+    units = {unit: ck.load(unit) for unit in units_order}
+    todo = [unit for unit in units_order if units[unit] is None]
     n = parallel.n_workers(len(todo), dev, syn.clean_steps, workers)
-    tasks = [(syn, lb, unit, W0.cpu(), None, dev if n == 1 else "cpu") for unit in todo]
+    where = (dev, progress) if n == 1 else ("cpu", False)  # in workers: on the CPU, without progress bars
+    tasks = [(syn, lb, unit, W0.cpu(), None, *where) for unit in todo]
     for i, unit in parallel.run_unordered(_stage_unit, tasks, n):
         units[todo[i]] = unit
         ck.save(todo[i], unit)
-    for unit in stages:
+    if "two_layer" in units:
+        if not torch.equal(units["two_layer"]["W0"], W0.cpu()):
+            raise RuntimeError("the two-layer network did not start from the initialisation that defines the NTK")
+        s.gen.set_state(units["two_layer"]["gen"])  # the setup returned is the one the network trained with
+    for unit in units_order:
         result.update(units[unit]["metrics"])
         for name, st in units[unit]["states"].items():
-            m = _make(c, unit, init_net, name, st)
-            m.load_state_dict({k: v.to(dev) for k, v in st.items()})
+            if unit == "two_layer":
+                m = TwoLayerNet(syn.d, syn.net_config(), weight=st["W"].to(dev))
+                m.beta = syn.beta
+            else:
+                m = _make(c, unit, init_net, name, st)
+                m.load_state_dict({k: v.to(dev) for k, v in st.items()})
             models[name] = m
 
     result["seconds"] = round(time.perf_counter() - t0, 2)
