@@ -138,6 +138,20 @@ class PolyKernel:
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (1.0 + a @ b.T / self.scale).pow(self.degree)
 
+    def primal(self, centres: torch.Tensor, alpha: torch.Tensor):
+        """``x -> sum_i alpha_i K(c_i, x)`` written out in the input space, for degrees 1 and 2 (coefficients
+        summed in float64 once): ``a + <w, x>`` and ``a + <w, x> + x^T Q x``. Higher degrees have ``d^p``
+        coefficients (``None``: the model keeps the sum over centres)."""
+        if self.degree > 2:
+            return None
+        C, al, s = centres.double(), alpha.double(), self.scale
+        const = al.sum().to(centres.dtype)
+        w = (self.degree * (C.T @ al) / s).to(centres.dtype)
+        if self.degree == 1:
+            return lambda x: x @ w + const
+        Q = ((C.T * al) @ C / (s * s)).to(centres.dtype)
+        return lambda x: ((x @ Q) * x).sum(1) + x @ w + const
+
 
 class NTKKernel:
     """The empirical neural tangent kernel of a :class:`TwoLayerNet` at its current weights ``W0``.
@@ -165,6 +179,15 @@ class NTKKernel:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a @ b.T) * (self.features(a) @ self.features(b).T) / self.scale
+
+    def primal(self, centres: torch.Tensor, alpha: torch.Tensor):
+        """``x -> sum_i alpha_i K(c_i, x)`` written out: ``sum_j S_j(x) <v_j, x>`` with
+        ``v_j = sum_i alpha_i S_j(c_i) c_i / scale`` (an ``(m, d)`` matrix, summed in float64 once), i.e. a
+        linearised network. Per point ``m d`` operations instead of ``n_centres (d + m)``."""
+        with torch.no_grad():
+            S = self.features(centres).double()
+            V = ((S * alpha.double()[:, None]).T @ centres.double() / self.scale).to(centres.dtype)
+        return lambda x: (self.features(x) * (x @ V.T)).sum(1)
 
     @torch.no_grad()
     def gram(self, a: torch.Tensor, b: torch.Tensor | None = None, block: int = 2048) -> torch.Tensor:
@@ -198,16 +221,31 @@ def ntk_torch_func(net: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.
 
 
 class KernelModel(AutogradModel):
-    """``f(x) = sum_i alpha_i K(c_i, x)`` with fixed centres ``c_i`` and coefficients ``alpha``."""
+    """``f(x) = sum_i alpha_i K(c_i, x)`` with fixed centres ``c_i`` and coefficients ``alpha``.
+
+    Where the kernel can write this function out in the input space (``kernel.primal``: the NTK, polynomials of
+    degree 1 and 2), it is evaluated that way: the same function, at a cost that does not grow with the
+    number of centres (thousands after adversarial refits), and without the cancellation of summing
+    thousands of large ``alpha_i K(c_i, x)`` terms in float32. Recomputed whenever ``centres`` or ``alpha``
+    change (``load_state_dict``, ``.to``)."""
 
     def __init__(self, kernel, centres: torch.Tensor, alpha: torch.Tensor):
         super().__init__()
         self.kernel = kernel
         self.register_buffer("centres", centres.detach().clone())
         self.register_buffer("alpha", alpha.detach().clone())
+        self._primal_key = self._primal = None
+
+    def dual(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum over centres itself (what :meth:`forward` computes where no primal form exists)."""
+        return self.kernel(x, self.centres) @ self.alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.kernel(x, self.centres) @ self.alpha
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.centres, self.alpha))
+        if key != self._primal_key:
+            make = getattr(self.kernel, "primal", None)
+            self._primal, self._primal_key = (make(self.centres, self.alpha) if make else None), key
+        return self.dual(x) if self._primal is None else self._primal(x)
 
 
 def _gram(kernel, a: torch.Tensor) -> torch.Tensor:

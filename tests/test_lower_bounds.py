@@ -119,6 +119,40 @@ def test_kernel_ridge_fits_and_generalises(data):
         assert loss(fgm(model, xe, ye, 0.1)) > loss(xe)
 
 
+@pytest.mark.parametrize("kernel", ["poly_1", "poly_2", "ntk"])
+def test_primal_form_is_the_same_function_and_gradient_as_the_sum_over_centres(data, kernel):
+    """Kernel models whose kernel writes them out in the input space (KernelModel.forward) compute the same
+    function as the sum over centres, with the same input gradients (float64 on both sides: equal to
+    rounding), on a fitted model with adversarial points among its centres; and the primal form follows
+    new coefficients (load_state_dict)."""
+    dist, X, Y, xe, ye = data
+    X, Y, xe, ye = X.double(), Y.double(), xe.double(), ye.double()
+    if kernel == "ntk":
+        net = TwoLayerNet(dist.d, NetConfig(m=40, beta=0.1, init_std=0.3), generator=torch.Generator().manual_seed(3))
+        k = bl.NTKKernel(net.double())
+        k.scale = k.mean_diag(X)
+    else:
+        k = bl.PolyKernel(int(kernel[-1]), (X * X).sum(1).mean().item())
+    assert k.primal(X, Y) is not None
+    model = bl.fit_kernel_adversarial(k, X, Y, 0.2, rounds=1, attack_steps=3, generator=torch.Generator().manual_seed(0))
+    assert model.centres.shape[0] == 2 * X.shape[0]
+    x = xe.clone().requires_grad_(True)
+    primal = model(x)
+    (g_primal,) = torch.autograd.grad(primal.sum(), x)
+    dual = model.dual(x)
+    (g_dual,) = torch.autograd.grad(dual.sum(), x)
+    assert (primal - dual).abs().max() < 1e-8 * dual.abs().max()
+    assert (g_primal - g_dual).abs().max() < 1e-8 * g_dual.abs().max()
+    state = {k_: v.clone() for k_, v in model.state_dict().items()}
+    state["alpha"] = -state["alpha"]
+    model.load_state_dict(state)
+    assert torch.allclose(model(xe), -dual.detach(), rtol=1e-8, atol=1e-10)
+
+
+def test_degree_3_kernels_keep_the_sum_over_centres():
+    assert bl.PolyKernel(3, 1.0).primal(torch.randn(5, 4), torch.randn(5)) is None
+
+
 def test_nested_curve_is_monotone_and_never_above_the_independent_one(data):
     dist, X, Y, xe, ye = data
     model = bl.fit_kernel_ridge(bl.PolyKernel(3, 5.0), X, Y)
