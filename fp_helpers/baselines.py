@@ -263,9 +263,21 @@ def fit_kernel_ridge(kernel, x: torch.Tensor, y: torch.Tensor, ridge: float = 1e
     K = _gram(kernel, x).double()
     lam = ridge * K.diagonal().mean()
     K.diagonal().add_(lam)
-    L = torch.linalg.cholesky(K)
-    alpha = torch.cholesky_solve(y.double()[:, None], L).squeeze(1)
-    return KernelModel(kernel, x, alpha.to(x.dtype))
+    return KernelModel(kernel, x, _solve_spd(K, y.double()).to(x.dtype))
+
+
+def _solve_spd(K: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``K^-1 y`` by Cholesky; on a CPU in one thread: LAPACK's blocked factorisation sums in an order that
+    depends on the thread count (at n = 6,000 the solutions of 1 and 2 threads differ in the last bits),
+    and a run's numbers must not depend on how many threads or worker processes it had."""
+    threads = torch.get_num_threads() if K.device.type == "cpu" else 1
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        return torch.cholesky_solve(y[:, None], torch.linalg.cholesky(K)).squeeze(1)
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def fit_kernel_adversarial(kernel, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2",

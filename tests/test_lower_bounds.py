@@ -149,6 +149,30 @@ def test_primal_form_is_the_same_function_and_gradient_as_the_sum_over_centres(d
     assert torch.allclose(model(xe), -dual.detach(), rtol=1e-8, atol=1e-10)
 
 
+def test_kernel_ridge_does_not_depend_on_the_thread_count():
+    """The Cholesky solve runs in one thread (LAPACK's blocked factorisation depends on the thread count: the
+    raw solve below differs at this size), so a kernel model is bit-identical in 1 or 2 threads."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 50, generator=g, dtype=torch.float64)  # float64 alphas: no rounding hides a difference
+    y = torch.randn(3000, generator=g, dtype=torch.float64).sign()
+    k = bl.PolyKernel(2, 50.0)
+    before = torch.get_num_threads()
+    alphas, raw = [], []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            alphas.append(bl.fit_kernel_ridge(k, x, y, 1e-3).alpha)
+            K = k(x, x)
+            K.diagonal().add_(1e-3 * K.diagonal().mean())
+            raw.append(torch.linalg.cholesky(K))
+            assert torch.get_num_threads() == t  # restored
+    finally:
+        torch.set_num_threads(before)
+    if torch.equal(raw[0], raw[1]):
+        pytest.skip("this machine's LAPACK factorises this matrix identically in 1 and 2 threads")
+    assert torch.equal(alphas[0], alphas[1])
+
+
 def test_degree_3_kernels_keep_the_sum_over_centres():
     assert bl.PolyKernel(3, 1.0).primal(torch.randn(5, 4), torch.randn(5)) is None
 
