@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attacks import fgm
 from .networks import NetConfig, TwoLayerNet, smoothed_relu
-from .runs import get_device
+from .runs import cpu_capability, get_device
 from .sparse_coding import SparseCoding, SparseCodingConfig
 from .training import TrainConfig, train
 
@@ -471,7 +471,9 @@ def bench_cifar(batch: int | None = None, batches: int | None = None, warmup: in
 
 
 def _device_label(device: torch.device) -> str:
-    """``NVIDIA H100 80GB HBM3`` or ``CPU (AMD EPYC, 2 threads)`` (the CPU's model name from /proc/cpuinfo)."""
+    """``NVIDIA H100 80GB HBM3`` or ``CPU (AMD EPYC, AVX2, 2 threads)`` (the CPU's model name from
+    /proc/cpuinfo, and the instruction set PyTorch's kernels use: the same model name can come with another,
+    and bf16 on a CPU is fast only with AVX-512 BF16 or AMX)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = platform.processor() or platform.machine()
@@ -482,11 +484,12 @@ def _device_label(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"CPU ({name}, {torch.get_num_threads()} threads)"
+    isa = cpu_capability()
+    return f"CPU ({name}{f', {isa}' if isa else ''}, {torch.get_num_threads()} threads)"
 
 
 def device_slug(device=None) -> str:
-    """File name stem for ``device``'s benchmark results, e.g. ``nvidia-h100-80gb-hbm3``, ``cpu-amd-epyc-2-threads``."""
+    """File name stem for ``device``'s benchmark results, e.g. ``nvidia-h100-80gb-hbm3``, ``cpu-amd-epyc-avx2-2-threads``."""
     label = _device_label(_bench_device(device)).lower()
     return re.sub(r"[^a-z0-9]+", "-", label).strip("-")
 
