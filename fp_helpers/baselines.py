@@ -20,6 +20,7 @@ them and the two-layer network alike.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .networks import TwoLayerNet, _act_parts
-from .runs import check_norm
+from .runs import check_norm, threads
 
 MODEL_KINDS = ("linear", "poly", "ntk", "ntk_linearised", "sparse_poly", "two_layer")
 
@@ -270,14 +271,8 @@ def _solve_spd(K: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``K^-1 y`` by Cholesky; on a CPU in one thread: LAPACK's blocked factorisation sums in an order that
     depends on the thread count (at n = 6,000 the solutions of 1 and 2 threads differ in the last bits),
     and a run's numbers must not depend on how many threads or worker processes it had."""
-    threads = torch.get_num_threads() if K.device.type == "cpu" else 1
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
+    with threads(1) if K.device.type == "cpu" else contextlib.nullcontext():
         return torch.cholesky_solve(y[:, None], torch.linalg.cholesky(K)).squeeze(1)
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def fit_kernel_adversarial(kernel, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2",

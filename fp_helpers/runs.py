@@ -1,14 +1,15 @@
-"""Profiles, devices, seeds, config overrides and the banner every notebook prints first."""
+"""Profiles, devices, seeds, thread counts, config overrides and the banner every notebook prints first."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import random
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -64,6 +65,24 @@ def seed_everything(seed: int, device: str | torch.device = "cpu") -> torch.Gene
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(seed)
     return gen
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (:func:`torch.set_num_threads`), then restore the count
+    it had. Nested uses restore in turn. Where a number must not depend on the thread count (a LAPACK
+    factorisation), or where a background thread needs a core of its own (the sampler of
+    :mod:`fp_helpers.training`), the code says so with this."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"threads must be a positive int, got {n!r}")
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def git_commit() -> str | None:

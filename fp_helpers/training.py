@@ -6,6 +6,7 @@ blocks of many steps at once; both matter on a CPU, where per-step overhead domi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Callable
 import torch
 
 from .attacks import fgm, pgd
-from .runs import check_norm
+from .runs import check_norm, threads
 from .sparse_coding import SparseCoding
 
 TRAIN_ATTACKS = ("none", "fgm", "pgd")
@@ -89,7 +90,8 @@ class _Batches:
     too): a block is started only after the last log that comes before the step which would have drawn
     it, and the loop waits for a block in flight before logging (:meth:`settle`). The numbers and the
     generator's final state are therefore those of drawing each block when it is needed
-    (``tests/test_training.py``). Use it as a context manager; the loop calls :meth:`logged` after a log.
+    (``tests/test_training.py``). Use it as a context manager; the loop runs its evaluations inside
+    :meth:`evaluation` and calls :meth:`logged` after a log.
     """
 
     def __init__(self, dist: SparseCoding, cfg: TrainConfig, gen: torch.Generator, data=None,
@@ -106,23 +108,24 @@ class _Batches:
         if prefetch is None:
             prefetch = torch.get_num_threads() >= 2 and torch.device(dist.device).type == "cpu"
         self.prefetch = bool(prefetch) and not self.fixed
-        self._pool = self._next = self._hold = self._threads = None
+        self.eval_threads = torch.get_num_threads()
+        self._pool = self._next = self._hold = None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self):
         if self.prefetch:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, self._threads - 1))
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fp-sampler")
+            self.eval_threads = torch.get_num_threads()
+            self._stack.enter_context(threads(max(1, self.eval_threads - 1)))  # the sampler gets a core
+            # on exit, first: a block in flight finishes, so nobody else touches the generator afterwards
+            self._pool = self._stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="fp-sampler"))
             self._plan(1)
         return self
 
     def __exit__(self, *exc):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)  # a block in flight finishes: nobody else touches the generator
-            self._pool = self._next = self._hold = None
-            torch.set_num_threads(self._threads)
+        self._stack.close()
+        self._pool = self._next = self._hold = None
         return False
 
     def _draw(self) -> list:
@@ -146,20 +149,19 @@ class _Batches:
         self.blocks_left -= 1
         self._next = self._pool.submit(self._draw)
 
-    def settle(self):
-        """Before a log: wait for the block being drawn (if any), so the generator is free for the caller, and
-        give the evaluation every thread."""
+    @contextlib.contextmanager
+    def evaluation(self):
+        """For an evaluation at a log: waits for the block being drawn (if any), so the generator is free for
+        the caller, and gives it every thread."""
         if self._next is not None:
             self._next.result()
-        if self._pool is not None:
-            torch.set_num_threads(self._threads)
+        with threads(self.eval_threads) if self._pool is not None else contextlib.nullcontext():
+            yield
 
     def logged(self, step: int):
-        """After a log at ``step``: training threads again, and a block held back for that log may start."""
-        if self._pool is not None:
-            torch.set_num_threads(max(1, self._threads - 1))
-            if self._hold is not None and step >= self._hold:
-                self._submit()
+        """After a log at ``step``: a block held back for that log may start."""
+        if self._pool is not None and self._hold is not None and step >= self._hold:
+            self._submit()
 
     def _refill(self):
         cfg = self.cfg
@@ -216,8 +218,8 @@ def train(net, dist: SparseCoding, cfg: TrainConfig, generator: torch.Generator,
     def log(step: int, loss: float):
         row = {"step": step, "loss": loss, "beta": net.beta}
         if eval_fn is not None:
-            batches.settle()  # eval_fn may draw from the generator too: not while a block is drawn
-            row.update(eval_fn(step, net))
+            with batches.evaluation():  # eval_fn may draw from the generator too: not while a block is drawn
+                row.update(eval_fn(step, net))
         hist.rows.append(row)
         batches.logged(step)
 

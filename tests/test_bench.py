@@ -11,6 +11,7 @@ from fp_helpers import bench
 from fp_helpers.__main__ import main
 from fp_helpers.cifar_models import channels_last_safe, make_model
 from fp_helpers.cifar_train import CifarTrainConfig
+from fp_helpers.runs import threads
 
 TINY_CIFAR = {"batch": 4, "batches": 1, "warmup": 1, "width": 4}
 TINY_SYNTHETIC = {"d": 30, "k": 3, "m": 10, "batch": 8, "steps": 3}
@@ -21,13 +22,11 @@ ENV_FIELDS = ("device", "device_name", "threads", "torch", "date", "fp_helpers",
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch):
     """One thread (tiny models; immune to a neighbour on the CI cores) and a small matmul for the peak."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     matmul, conv = bench.matmul_peak, bench.conv_peak
     monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: matmul(device, dtype, n=128, reps=1, min_seconds=0.01))
     monkeypatch.setattr(bench, "conv_peak", lambda device, dtype: conv(device, dtype, batch=2, reps=1, min_seconds=0.01))
-    yield
-    torch.set_num_threads(old)
+    with threads(1):
+        yield
 
 
 def test_bench_cifar_runs_both_loops_and_reports_positive_speeds():

@@ -13,6 +13,7 @@ from fp_helpers import purification as pur
 from fp_helpers.__main__ import main
 from fp_helpers.cifar_experiments import (STANDARD_RADII, cifar_config, frozen_bn_key, layer_table, load_or_run,
                                           load_run, model_keys, run_cifar, save_run)
+from fp_helpers.runs import threads
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FP_DATA_DIR") or REPO.parent / "shared" / "data" / "cifar10")
@@ -24,13 +25,9 @@ TINY = ["n_train=260", "n_test=60", "holdout=40", "eval_n=60", "clean_epochs=2",
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         cfg = cifar_config("quick", TINY)
         yield cfg, run_cifar(cfg, data_dir=DATA, device="cpu", progress=False, keep_models=True)
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_spectral_energy_share_separates_smooth_from_oscillating_maps():

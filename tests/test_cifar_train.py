@@ -19,16 +19,15 @@ from fp_helpers.cifar_models import (
 from fp_helpers.cifar_train import (
     CheckpointError, CifarTrainConfig, evaluate_cifar, fgsm_rs, learning_rate, random_start_pgd, train_cifar,
 )
+from fp_helpers.runs import threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These models are tiny: one thread is faster than two here, and immune to another process
     competing for the two CI cores (two-thread OpenMP then slows these tests down up to tenfold)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with threads(1):
+        yield
 
 
 def colour_task(n=200, seed=0):

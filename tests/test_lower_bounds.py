@@ -13,6 +13,7 @@ from fp_helpers.lower_bounds import lower_bounds_config
 from fp_helpers.networks import NetConfig, TwoLayerNet
 from fp_helpers.sparse_coding import SparseCoding, SparseCodingConfig
 from fp_helpers.training import TrainConfig, train
+from fp_helpers.runs import threads
 
 
 @pytest.fixture(scope="module")
@@ -156,18 +157,14 @@ def test_kernel_ridge_does_not_depend_on_the_thread_count():
     x = torch.randn(3000, 50, generator=g, dtype=torch.float64)  # float64 alphas: no rounding hides a difference
     y = torch.randn(3000, generator=g, dtype=torch.float64).sign()
     k = bl.PolyKernel(2, 50.0)
-    before = torch.get_num_threads()
     alphas, raw = [], []
-    try:
-        for t in (1, 2):
-            torch.set_num_threads(t)
+    for t in (1, 2):
+        with threads(t):
             alphas.append(bl.fit_kernel_ridge(k, x, y, 1e-3).alpha)
             K = k(x, x)
             K.diagonal().add_(1e-3 * K.diagonal().mean())
             raw.append(torch.linalg.cholesky(K))
             assert torch.get_num_threads() == t  # restored
-    finally:
-        torch.set_num_threads(before)
     if torch.equal(raw[0], raw[1]):
         pytest.skip("this machine's LAPACK factorises this matrix identically in 1 and 2 threads")
     assert torch.equal(alphas[0], alphas[1])

@@ -9,6 +9,7 @@ import torch
 
 from fp_helpers import experiments, parallel
 from fp_helpers.provenance import strip_volatile
+from fp_helpers.runs import threads
 
 
 def canonical(obj) -> str:
@@ -28,15 +29,11 @@ def _numbers(metrics: dict) -> dict:
 
 def test_training_is_bit_identical_with_one_or_two_threads():
     s_cfg = _tiny(clean_steps=400)
-    before = torch.get_num_threads()
     weights = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    for t in (1, 2):
+        with threads(t):
             net, _, _ = experiments.train_clean(experiments.setup(s_cfg, "cpu"), progress=False)
             weights.append(net.weight.detach().clone())
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(weights[0], weights[1])
 
 

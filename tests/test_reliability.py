@@ -19,6 +19,7 @@ from fp_helpers import checkpoints, experiments, lower_bounds
 from fp_helpers import provenance as pv
 from fp_helpers.__main__ import main
 from fp_helpers.cifar_experiments import cifar_config, load_run
+from fp_helpers.runs import threads
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FP_DATA_DIR") or REPO.parent / "shared" / "data" / "cifar10")
@@ -47,10 +48,8 @@ def canonical(obj) -> str:
 def one_thread():
     """Tiny runs: one thread is faster than two, and immune to other processes on the CI cores (two-thread
     OpenMP spins then slow these runs down several times). The CIFAR subprocess uses one thread too."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with threads(1):
+        yield
 
 
 # ------------------------------------------------------------------------------------------- 1. determinism

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fp_helpers import experiments
-from fp_helpers.runs import apply_overrides, get_profile
+from fp_helpers.runs import apply_overrides, get_profile, threads
 
 
 def test_clean_net_is_accurate_but_fragile_and_fgm_training_purifies(quick_run):
@@ -69,6 +69,25 @@ def test_unknown_profile_is_rejected(monkeypatch):
         get_profile()
 
 
+def test_threads_sets_and_restores_the_thread_count_also_on_error_and_nested():
+    before = torch.get_num_threads()
+    with threads(1):
+        assert torch.get_num_threads() == 1
+        with threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            with threads(bad):
+                pass
+    assert torch.get_num_threads() == before
+
+
 def test_overrides_convert_types():
     cfg = apply_overrides(experiments.SyntheticConfig(), ["d=600", "tau=0.2", "radii=0.1,0.2", "beta=0"])
     assert cfg.d == 600 and cfg.tau == 0.2 and cfg.radii == (0.1, 0.2) and cfg.beta == 0.0
@@ -112,9 +131,7 @@ def test_prefetching_the_next_block_changes_no_number(attack, steps, monkeypatch
                                steps=steps, block=8, log_every=20)
     orig = training._Batches.__init__
     out, used, seen = {}, {}, set()
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with threads(2):
         for prefetch in (False, True):
             def init(self, *a, _p=prefetch, **kw):
                 orig(self, *a, **{**kw, "prefetch": _p})
@@ -130,8 +147,6 @@ def test_prefetching_the_next_block_changes_no_number(attack, steps, monkeypatch
                                   eval_fn=lambda step, n: {"draw": torch.rand(1, generator=s.gen).item(),
                                                            "threads": torch.get_num_threads()})
             out[prefetch] = (net.weight.detach().clone(), hist.rows, s.gen.get_state(), torch.get_num_threads())
-    finally:
-        torch.set_num_threads(before)
     assert used == {False: False, True: True}
     assert torch.equal(out[False][0], out[True][0])
     rows = {p: json.dumps([{k: v for k, v in r.items() if k != "threads"} for r in out[p][1]]) for p in out}
@@ -146,12 +161,8 @@ def test_prefetch_is_off_for_a_fixed_training_set_and_one_thread():
 
     cfg = experiments.synthetic_config("quick", {"d": 60, "m": 40})
     s = experiments.setup(cfg, "cpu")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with threads(2):
         fixed = dataclasses.replace(cfg.clean_train_config(), train_size=300)
         assert not training._Batches(s.dist, fixed, s.gen).prefetch
-        torch.set_num_threads(1)
+    with threads(1):
         assert not training._Batches(s.dist, cfg.clean_train_config(), s.gen).prefetch
-    finally:
-        torch.set_num_threads(before)
