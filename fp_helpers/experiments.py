@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field  # noqa: F401
+from dataclasses import asdict, dataclass, field, replace  # noqa: F401
 
 import torch
 
@@ -444,33 +444,65 @@ LOWRANK_HEADER = ["rank r", "energy share of the full update", "truncated update
                   "rank-r training: clean / PGD acc"]
 
 
-def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2, 4, 16, 64), progress=None) -> dict:
+def lowrank_seed(cfg: SyntheticConfig, rank: int) -> int:
+    """The seed of rank-``rank`` training's generator in :func:`lowrank_study`: its own, so a rank's numbers do
+    not depend on which other ranks are trained, nor on the order or the process they are trained in."""
+    return cfg.seed + 50_000 + int(rank)
+
+
+def _lowrank_unit(cfg: SyntheticConfig, kind: str, rank: int, W0: torch.Tensor, W_clean: torch.Tensor,
+                  W_adv: torch.Tensor, betas: tuple[float, float], device, progress=False,
+                  s: Setup | None = None) -> dict:
+    """One piece of :func:`lowrank_study` from tensors and the config alone (so a worker process of
+    :mod:`fp_helpers.parallel` can run it; ``s``: the run's setup, to use in this process instead of
+    rebuilding the same one): ``kind="trained"``, adversarial training of rank-``rank`` factors on the clean
+    weights from :func:`lowrank_seed`, or ``"truncated"``, the rank-``rank`` cut of the full update; evaluated."""
+    s = setup(cfg, device) if s is None else s
+    W0, Wc = W0.to(s.device), W_clean.to(s.device)
+    if kind == "trained":
+        s = replace(s, gen=torch.Generator(device=s.device).manual_seed(lowrank_seed(cfg, rank)))
+        start = _net_from_state(cfg, {"W": Wc, "beta": betas[0]}, s.device)
+        net, _ = train_adversarial(s, start, W0, rank=rank, progress=progress)
+        ev = evaluate(net, s, W0)
+        return {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
+                "mixture_norm_median": ev["mixture_norm_median"]}
+    net = _net_from_state(cfg, {"W": pur.truncated_update(Wc, W_adv.to(s.device), rank), "beta": betas[1]}, s.device)
+    ev = evaluate(net, s, W0)
+    return {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"]}
+
+
+def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2, 4, 16, 64),
+                  progress=None, workers: int | None = None) -> dict:
     """Can adversarial training be done through a rank-``r`` update of the clean weights?
 
     Two questions, on the same held-out points and attack as the rest of the run:
     - *trained*: adversarial training of ``W_clean + A B^T`` only (LoRA-style factors), for each
-      ``trained_ranks`` (default ``cfg.lowrank_ranks``);
+      ``trained_ranks`` (default ``cfg.lowrank_ranks``), each from its own generator (:func:`lowrank_seed`);
     - *truncated*: the update that full-rank adversarial training made, ``W_adv - W_clean``, cut to its best
       rank-``r`` approximation. If even this is not robust, the robust solution found is not low-rank.
-    Returns ``{"spectrum": UpdateSpectrum, "cos_top_u": float, "rows": [...]}`` with one row per rank
+    On a CPU the trainings and evaluations run side by side in worker processes (:mod:`fp_helpers.parallel`;
+    ``workers`` or ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in this process) with the same
+    numbers. Returns ``{"spectrum": UpdateSpectrum, "cos_top_u": float, "rows": [...]}`` with one row per rank
     (``LOWRANK_HEADER``), plus the raw numbers in ``trained`` / ``truncated``.
     """
     cfg, s = run.cfg, run.setup
-    trained_ranks = tuple(cfg.lowrank_ranks if trained_ranks is None else trained_ranks)
+    trained_ranks = sorted(set(int(r) for r in (cfg.lowrank_ranks if trained_ranks is None else trained_ranks)))
     Wc, Wa = run.clean.weight.detach(), run.adversarial.weight.detach()
     spec = pur.update_spectrum(Wc, Wa)
     full = min(Wc.shape)
-    trained, truncated = {}, {}
-    for r in trained_ranks:
-        net, _ = train_adversarial(s, run.clean, run.W0, rank=int(r), progress=progress)
-        ev = evaluate(net, s, run.W0)
-        trained[int(r)] = {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
-                           "mixture_norm_median": ev["mixture_norm_median"]}
-    for r in sorted(set(int(r) for r in truncation_ranks + trained_ranks if int(r) <= full)):
-        net = TwoLayerNet(cfg.d, run.clean.config, weight=pur.truncated_update(Wc, Wa, r))
-        net.beta = run.adversarial.beta
-        ev = evaluate(net, s, run.W0)
-        truncated[r] = {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"], "energy_share": spec.share(r)}
+    cut_ranks = sorted(set(int(r) for r in tuple(truncation_ranks) + tuple(trained_ranks) if int(r) <= full))
+    jobs = [("trained", r) for r in trained_ranks] + [("truncated", r) for r in cut_ranks]  # longest first
+    # an FGM step costs about two clean steps (four matrix products instead of two)
+    n = parallel.n_workers(len(jobs), s.device, 2 * cfg.adv_steps if trained_ranks else 0, workers)
+    tensors = (run.W0, Wc, Wa) if n == 1 else (run.W0.cpu(), Wc.cpu(), Wa.cpu())
+    where = (s.device, progress, s) if n == 1 else ("cpu", False, None)  # in workers: no progress bars
+    betas = (float(run.clean.beta), float(run.adversarial.beta))
+    tasks = [(cfg, kind, r, *tensors, betas, *where) for kind, r in jobs]
+    out: dict = {"trained": {}, "truncated": {}}
+    for i, res in parallel.run_unordered(_lowrank_unit, tasks, n):
+        out[jobs[i][0]][jobs[i][1]] = res
+    trained = {r: out["trained"][r] for r in trained_ranks}
+    truncated = {r: {**out["truncated"][r], "energy_share": spec.share(r)} for r in cut_ranks}
     rows = []
     for r in sorted(set(trained) | set(truncated)):
         t, tr = truncated.get(r), trained.get(r)

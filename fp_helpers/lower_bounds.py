@@ -24,7 +24,7 @@ from .attacks import AttackSpec, accuracy, robust_accuracy, robust_curve_nested
 from .experiments import PROFILE_PRESETS, SyntheticConfig, initial_weights, setup, train_adversarial, train_clean
 from .networks import TwoLayerNet
 from .checkpoints import open_run
-from .provenance import stamp
+from .provenance import config_dict, stamp
 from .runs import apply_overrides, get_device, get_profile
 from .training import TrainConfig, train
 
@@ -260,19 +260,30 @@ def _stage_unit(syn: SyntheticConfig, lb: LowerBoundConfig, unit: str, W0: torch
 
 
 def linear_stage_orders(syn: SyntheticConfig, lb: LowerBoundConfig, orders: int = 5, device=None,
-                        workers: int | None = None) -> list[dict]:
+                        workers: int | None = None, run: dict | None = None) -> list[dict]:
     """The ``linear`` stage (logistic regression, then FGM training from it) rerun with ``orders`` seeds, i.e.
     as many orders of the same training set and random starts (the first is the run's own,
     :func:`stage_seed`): per order the metrics of ``linear`` and ``linear_adv`` as in the run, plus the norm of
-    each weight vector (``w_norm``). How much of the adversarial linear model is the path SGD took."""
+    each weight vector (``w_norm``). How much of the adversarial linear model is the path SGD took.
+    ``run``: a result of :func:`run_lower_bounds` with these configs and ``keep_models=True``; the first order
+    is then taken from it instead of trained again (the same numbers, ``tests/test_parallel.py``)."""
     if not isinstance(orders, int) or isinstance(orders, bool) or orders < 1:
         raise ValueError(f"orders must be a positive int, got {orders!r}")
     syn, lb = syn.validate(), lb.validate()
     seeds = [stage_seed(syn, "linear") + i for i in range(orders)]
+    units: dict = {}
+    if run is not None:
+        if not isinstance(run, dict) or run.get("config") != config_dict((syn, lb)):
+            raise ValueError("run must be a result of run_lower_bounds with the same syn and lb configs")
+        if not all(name in run.get("_models", {}) for name in ("linear", "linear_adv")):
+            raise ValueError("run has no linear models: run it with keep_models=True and 'linear' among lb.models")
+        units[0] = {"metrics": {n: run[n] for n in ("linear", "linear_adv")},
+                    "states": {n: _state(run["_models"][n]) for n in ("linear", "linear_adv")}}
+    todo = [i for i in range(orders) if i not in units]
     dev = get_device(device)
-    n = parallel.n_workers(orders, dev, syn.clean_steps, workers)
-    tasks = [(syn, lb, "linear", None, sd, dev if n == 1 else "cpu") for sd in seeds]
-    units = dict(parallel.run_unordered(_stage_unit, tasks, n))
+    n = parallel.n_workers(len(todo), dev, syn.clean_steps, workers)
+    tasks = [(syn, lb, "linear", None, seeds[i], dev if n == 1 else "cpu") for i in todo]
+    units.update({todo[i]: u for i, u in parallel.run_unordered(_stage_unit, tasks, n)})
     out = []
     for i in range(orders):
         u = units[i]

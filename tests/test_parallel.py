@@ -138,6 +138,30 @@ def test_linear_stage_orders_start_with_the_runs_own_and_differ_after():
     assert [_numbers(o) for o in in_workers] == [_numbers(o) for o in orders]
     with pytest.raises(ValueError, match="orders must be a positive int"):
         lower_bounds.linear_stage_orders(syn, lb, orders=0)
+    # the run's own order taken from the run instead of trained again: the same rows
+    kept = lower_bounds.run_lower_bounds(syn, lb, device="cpu", checkpoint_dir=False, workers=1, keep_models=True)
+    reused = lower_bounds.linear_stage_orders(syn, lb, orders=3, device="cpu", workers=1, run=kept)
+    assert [_numbers(o) for o in reused] == [_numbers(o) for o in orders]
+    with pytest.raises(ValueError, match="keep_models=True"):
+        lower_bounds.linear_stage_orders(syn, lb, orders=2, run=run)
+    other_syn, other_lb = _lb_tiny(models=("linear", "two_layer"), n_train=300, linear_lr=0.5)
+    with pytest.raises(ValueError, match="same syn and lb configs"):
+        lower_bounds.linear_stage_orders(other_syn, other_lb, orders=2, run=kept)
+
+
+def test_lowrank_study_ranks_do_not_depend_on_each_other_nor_on_workers():
+    """Each rank trains from its own generator (experiments.lowrank_seed): asking for rank 2 alone, in worker
+    processes, gives the numbers it has among ranks 1 and 2 in this process; the run's generator is untouched."""
+    run = experiments.run_synthetic(_tiny(lowrank_ranks=(1, 2)), device="cpu", checkpoint_dir=False, curves=False)
+    state = run.setup.gen.get_state()
+    both = experiments.lowrank_study(run, truncation_ranks=(4,), workers=1)
+    alone = experiments.lowrank_study(run, trained_ranks=(2,), truncation_ranks=(1, 4), workers=2)
+    assert sorted(both["trained"]) == [1, 2] and sorted(both["truncated"]) == [1, 2, 4]
+    assert alone["trained"][2] == both["trained"][2]
+    assert alone["truncated"] == both["truncated"]
+    assert both["trained"][1] != both["trained"][2]  # two trainings, not one result twice
+    assert torch.equal(run.setup.gen.get_state(), state)
+    assert [row[0] for row in both["rows"]] == [1, 2, 4]
 
 
 def test_a_plain_script_is_not_rerun_by_workers(monkeypatch):
