@@ -213,15 +213,16 @@ def train_adversarial(s: Setup, start: TwoLayerNet, W0: torch.Tensor, steps: int
 
 @dataclass
 class SyntheticRun:
-    """Everything one synthetic experiment produced: numbers (``metrics``) and the networks."""
+    """Everything one synthetic experiment produced: numbers (``metrics``) and the networks (``adversarial``
+    and ``adv_history`` are ``None`` for a run of clean training only, from :func:`seed_curves`)."""
 
     cfg: SyntheticConfig
     setup: Setup
     W0: torch.Tensor
     clean: TwoLayerNet
-    adversarial: TwoLayerNet
+    adversarial: TwoLayerNet | None
     clean_history: History
-    adv_history: History
+    adv_history: History | None
     metrics: dict = field(default_factory=dict)
 
 
@@ -320,32 +321,38 @@ def _check_seeds(seeds) -> list[int]:
     return seeds
 
 
-def _seed_unit(c: SyntheticConfig, adversarial: bool, device, progress, checkpoint_dir) -> dict:
+def _seed_unit(c: SyntheticConfig, adversarial: bool, device, progress, checkpoint_dir, snapshot_steps=()) -> dict:
     """One seed of :func:`seed_curves`: its checkpoint payload (tensors on the CPU, so a worker process can
-    return it). ``adversarial``: the whole :func:`run_synthetic`; else clean training and its evaluation."""
+    return it). ``adversarial``: the whole :func:`run_synthetic`; else clean training (with ``snapshot_steps``)
+    and its evaluation."""
     if adversarial:
         r = run_synthetic(c, device=device, progress=progress, checkpoint_dir=checkpoint_dir)
         return {"W0": r.W0.cpu(), "clean": _net_state(r.clean), "adversarial": _net_state(r.adversarial),
                 "clean_history": _history_state(r.clean_history), "adv_history": _history_state(r.adv_history),
                 "metrics": r.metrics, "rng": _rng_state(r.setup)}
     s = setup(c, device)
-    net, W0, _ = train_clean(s, progress)
-    return {"metrics": {"clean": evaluate(net, s, W0, curves=True)}}
+    net, W0, hist = train_clean(s, progress, snapshot_steps)
+    metrics = {"clean": evaluate(net, s, W0, curves=True)}
+    return {"W0": W0.cpu(), "clean": _net_state(net), "clean_history": _history_state(hist), "metrics": metrics,
+            "rng": _rng_state(s)}
 
 
 def _run_from_unit(c: SyntheticConfig, saved: dict, device) -> SyntheticRun:
     s = setup(c, device)
     _set_rng_state(s, saved["rng"])
+    adv = "adversarial" in saved
     return SyntheticRun(c, s, saved["W0"].to(device), _net_from_state(c, saved["clean"], device),
-                        _net_from_state(c, saved["adversarial"], device),
+                        _net_from_state(c, saved["adversarial"], device) if adv else None,
                         _history_from_state(saved["clean_history"], device),
-                        _history_from_state(saved["adv_history"], device), saved["metrics"])
+                        _history_from_state(saved["adv_history"], device) if adv else None, saved["metrics"])
 
 
 def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=None, progress=None,
-                checkpoint_dir=None, workers: int | None = None) -> dict:
+                checkpoint_dir=None, workers: int | None = None, snapshot_steps=()) -> dict:
     """Robust-accuracy curves over ``cfg.radii`` for several seeds: ``{"clean": (S, R), "adversarial": (S, R)}``
-    plus each seed's headline metrics (``runs``).
+    plus each seed's headline metrics (``runs``) and its networks and training histories (``full_runs``,
+    :class:`SyntheticRun`; without ``adversarial``, clean training only, keeping weight snapshots at
+    ``snapshot_steps`` as :func:`train_clean` does).
 
     On a CPU the seeds run side by side in worker processes (:mod:`fp_helpers.parallel`; ``workers`` or
     ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in this process); the numbers are the same
@@ -355,8 +362,12 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
     import numpy as np
 
     cfg, seeds = _check_config(cfg), _check_seeds(seeds)
+    snapshot_steps = tuple(int(t) for t in snapshot_steps)
+    if adversarial and snapshot_steps:
+        raise ValueError("snapshot_steps is for a sweep of clean training (adversarial=False)")
     dev = get_device(device)
-    ck = open_run("seed_curves", apply_overrides(cfg, {"seed": 0}), checkpoint_dir, dev, adversarial=bool(adversarial))
+    ck = open_run("seed_curves", apply_overrides(cfg, {"seed": 0}), checkpoint_dir, dev, adversarial=bool(adversarial),
+                  snapshot_steps=list(snapshot_steps))
     configs = {seed: apply_overrides(cfg, {"seed": int(seed)}) for seed in seeds}
     units = {seed: ck.load(f"seed{seed}") for seed in seeds}
     todo = [seed for seed in dict.fromkeys(seeds) if units[seed] is None]
@@ -364,7 +375,7 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
     n = parallel.n_workers(len(todo), dev, steps, workers)
     # in workers: on the CPU and without progress bars (they would interleave)
     where = (dev, progress) if n == 1 else ("cpu", False)
-    tasks = [(configs[seed], bool(adversarial), *where, checkpoint_dir) for seed in todo]
+    tasks = [(configs[seed], bool(adversarial), *where, checkpoint_dir, snapshot_steps) for seed in todo]
     for i, unit in parallel.run_unordered(_seed_unit, tasks, n):
         units[todo[i]] = unit
         ck.save(f"seed{todo[i]}", unit)
@@ -372,16 +383,15 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
     runs, full_runs = [], []
     for seed in seeds:
         unit = units[seed]
+        full_runs.append(_run_from_unit(configs[seed], unit, dev))
         if adversarial:
-            r = _run_from_unit(configs[seed], unit, dev)
-            curves["adversarial"].append(r.metrics["adversarial"]["robust_curve"])
-            full_runs.append(r)
+            curves["adversarial"].append(unit["metrics"]["adversarial"]["robust_curve"])
         runs.append(unit["metrics"])
         curves["clean"].append(runs[-1]["clean"]["robust_curve"])
     out = {k: np.array(v) for k, v in curves.items() if v}
     out["radii"] = np.array(cfg.radii)
     out["runs"] = runs  # each seed's metrics
-    out["full_runs"] = full_runs  # each seed's SyntheticRun (networks, histories), when adversarial
+    out["full_runs"] = full_runs  # each seed's SyntheticRun (networks, histories)
     ck.done()
     return out
 

@@ -48,13 +48,17 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(adversarial):
         if key in one:
             assert (one[key] == many[key]).all(), key
     assert [_numbers(m) for m in one["runs"]] == [_numbers(m) for m in many["runs"]]
-    assert len(one["full_runs"]) == len(many["full_runs"]) == (3 if adversarial else 0)
+    assert len(one["full_runs"]) == len(many["full_runs"]) == 3
     for a, b in zip(one["full_runs"], many["full_runs"]):
         assert a.cfg == b.cfg
-        for net in ("clean", "adversarial"):
+        for net in ("clean", "adversarial") if adversarial else ("clean",):
             assert torch.equal(getattr(a, net).weight, getattr(b, net).weight)
         assert torch.equal(a.W0, b.W0)
-        assert canonical(a.adv_history.rows) == canonical(b.adv_history.rows)
+        assert canonical(a.clean_history.rows) == canonical(b.clean_history.rows)
+        if adversarial:
+            assert canonical(a.adv_history.rows) == canonical(b.adv_history.rows)
+        else:
+            assert a.adversarial is None and a.adv_history is None
         # what later cells draw from the run's generator is the same too
         assert torch.equal(a.setup.gen.get_state(), b.setup.gen.get_state())
     # and the seeds differ from one another (the workers did not all run one seed)
@@ -147,6 +151,25 @@ def test_linear_stage_orders_start_with_the_runs_own_and_differ_after():
     other_syn, other_lb = _lb_tiny(models=("linear", "two_layer"), n_train=300, linear_lr=0.5)
     with pytest.raises(ValueError, match="same syn and lb configs"):
         lower_bounds.linear_stage_orders(other_syn, other_lb, orders=2, run=kept)
+
+
+def test_a_clean_sweep_returns_each_seeds_training_as_train_clean_gives_it():
+    """The clean chapter takes seed 0's network, history and snapshots from its seed sweep instead of training
+    it a second time: they must be what training that seed alone gives."""
+    cfg = _tiny()
+    sweep = experiments.seed_curves(cfg, [0, 1], adversarial=False, device="cpu", checkpoint_dir=False, workers=2,
+                                    snapshot_steps=(0, 150, cfg.clean_steps))
+    net, W0, hist = experiments.train_clean(experiments.setup(cfg, "cpu"), progress=False,
+                                            snapshot_steps=(0, 150, cfg.clean_steps))
+    run = sweep["full_runs"][0]
+    assert torch.equal(run.clean.weight, net.weight) and torch.equal(run.W0, W0)
+    assert sorted(run.clean_history.snapshots) == [0, 150, cfg.clean_steps]
+    assert all(torch.equal(run.clean_history.snapshots[t], hist.snapshots[t]) for t in hist.snapshots)
+    assert torch.equal(run.clean_history.snapshots[0], W0)
+    assert canonical(run.clean_history.rows) == canonical(hist.rows)
+    assert not torch.equal(sweep["full_runs"][1].clean.weight, net.weight)
+    with pytest.raises(ValueError, match="snapshot_steps is for a sweep of clean training"):
+        experiments.seed_curves(cfg, [0], snapshot_steps=(0,))
 
 
 def test_lowrank_study_ranks_do_not_depend_on_each_other_nor_on_workers():
