@@ -61,6 +61,73 @@ def test_linearised_net_is_the_first_order_expansion():
     assert torch.allclose(K_lin, lin.c ** 2 * bl.NTKKernel(net)(x[:5], x[5:9]), rtol=1e-8, atol=1e-12)
 
 
+def _autograd_and_closed_form(model, x, y, need_weight):
+    """Both ways of ``grads``: the model's closed form and the generic autograd one, for loss and margin."""
+    out = []
+    for input_of in ("loss", "margin"):
+        out.append((model.grads(x, y, need_weight, True, input_of),
+                    bl.AutogradModel.grads(model, x, y, need_weight, True, input_of)))
+    return out
+
+
+def _assert_same_grads(pairs, rtol):
+    for closed, auto in pairs:
+        for a, b in zip(closed, auto):
+            if isinstance(a, list):
+                assert len(a) == len(b)
+                for u, v in zip(a, b):
+                    assert (u - v).abs().max() <= rtol * v.abs().max(), "weight gradient"
+            else:
+                assert (a - b).abs().max() <= rtol * b.abs().max() + 1e-300, "loss, input gradient or margins"
+
+
+@pytest.mark.parametrize("beta,q", [(0.0, 3), (0.2, 3), (0.2, 2), (0.1, 4)])
+def test_linearised_net_closed_form_grads_equal_autograd(beta, q):
+    """LinearisedNet.grads (closed form, with the activation's second derivative) gives what autograd gives:
+    loss, margins, the gradient in V and the input gradient of the loss and of the margin; with a dead zone
+    (beta > 0), and with V away from 0 so the second-derivative term matters."""
+    net = TwoLayerNet(30, NetConfig(m=20, beta=beta, q=q, rho=0.5, init_std=0.3),
+                      generator=torch.Generator().manual_seed(2)).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 30, generator=g, dtype=torch.float64)
+    y = torch.randn(64, generator=g, dtype=torch.float64).sign()
+    lin = bl.LinearisedNet(net, x_ref=x).double()
+    with torch.no_grad():
+        lin.V.copy_(torch.randn(lin.V.shape, generator=g, dtype=torch.float64) * 3)
+    pairs = _autograd_and_closed_form(lin, x, y, need_weight=True)
+    _assert_same_grads(pairs, 1e-10)
+    # the second-derivative term is not negligible here (without it the input gradient is far off)
+    k = lin.kernel
+    no_second = (bl._act_parts(x @ lin.W0.T, k.b0, k.rho, k.q)[1] * y[:, None].neg()) @ (lin.W0 + lin.c * lin.V)
+    assert (no_second - pairs[1][1][2]).abs().max() > 1e-3 * pairs[1][1][2].abs().max()
+    # and the training loop's step from the closed form is autograd's step
+    a, b = bl.LinearisedNet(net, x_ref=x).double(), bl.LinearisedNet(net, x_ref=x).double()
+    for _ in range(3):
+        a.sgd_step(a.grads(x, y)[1], 0.5)
+        b.sgd_step(bl.AutogradModel.grads(b, x, y)[1], 0.5)
+    assert torch.allclose(a.V, b.V, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("kernel", ["poly_3", "poly_4", "ntk"])
+def test_kernel_model_closed_form_grads_equal_autograd(data, kernel):
+    """KernelModel.grads in closed form (the polynomial kernel's sum over centres, the NTK's primal form)
+    equals autograd on a model fitted with adversarial points among its centres; no weight gradient."""
+    dist, X, Y, xe, ye = data
+    X, Y, xe, ye = X.double(), Y.double(), xe.double(), ye.double()
+    if kernel == "ntk":
+        net = TwoLayerNet(dist.d, NetConfig(m=40, beta=0.1, init_std=0.3), generator=torch.Generator().manual_seed(3))
+        k = bl.NTKKernel(net.double())
+        k.scale = k.mean_diag(X)
+    else:
+        k = bl.PolyKernel(int(kernel[-1]), (X * X).sum(1).mean().item())
+    model = bl.fit_kernel_adversarial(k, X, Y, 0.2, rounds=1, attack_steps=3, generator=torch.Generator().manual_seed(0))
+    pairs = _autograd_and_closed_form(model, xe, ye, need_weight=True)
+    assert pairs[0][0][1] == [] and pairs[0][1][1] == []
+    _assert_same_grads(pairs, 1e-9)
+    # the closed form's margins are the forward pass's, bit for bit (PGD keeps its best iterate by them)
+    assert torch.equal(pairs[0][0][3], ye * model(xe))
+
+
 def _train_linear(X, Y, dist, attack="none", tau=0.0, start=None, steps=600):
     model = bl.LinearModel(X.shape[1])
     if start is not None:
