@@ -625,6 +625,16 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
     return sorted(rows, key=order)
 
 
+def notebook_times_log(path: str | Path = "results/execution_times.json"):
+    """The appendix's table of :func:`notebook_times_table` (a Markdown object): one line per recorded
+    execution, with its profile, device, wall time, commit and date."""
+    from .book import markdown_table
+
+    return markdown_table(["notebook", "profile", "device", "wall time", "commit", "date"],
+                          [[r["chapter"], r["profile"], r["device"], format_seconds(r["seconds"]), r["commit"] or "-",
+                            r["date"]] for r in notebook_times_table(path)])
+
+
 def format_seconds(s: float) -> str:
     """``8.9 s``, ``2.3 min``, ``1.2 h``."""
     return f"{s:.1f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"

@@ -1,3 +1,7 @@
+import json
+from pathlib import Path
+
+from fp_helpers import bench
 from fp_helpers.book import markdown_table
 
 
@@ -22,3 +26,27 @@ def test_portable_paths_hide_this_machines_layout(monkeypatch, tmp_path):
     out = portable_paths(text)
     assert out == ("npz subset at $FP_DATA_DIR/cifar10_prefix.npz) | loaded from results/cifar/full (made ...) | "
                    "model at .../models/m.pt, ratio 1/2")
+
+
+def test_appendix_table_of_execution_times_is_what_results_give():
+    """The appendix shows the committed outputs of ``book/execution_statistics.ipynb``: its table of execution
+    times must be the one ``results/execution_times.json`` gives now (a chapter re-executed without
+    re-executing the appendix left the site showing old times). The appendix's own row is left out: a
+    notebook's execution is recorded after it ran, so its table can never show its own latest time."""
+    root = Path(__file__).resolve().parents[1]
+    nb = json.loads((root / "book" / "execution_statistics.ipynb").read_text())
+    shown = None
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            md = "".join(out.get("data", {}).get("text/markdown", []))
+            if md.startswith("| notebook | profile |"):
+                shown = md
+    assert shown is not None, "the appendix has no committed table of execution times"
+    expected = bench.notebook_times_log(root / "results" / "execution_times.json").data
+
+    def others(md):
+        return [line for line in md.splitlines() if not line.startswith("| execution_statistics |")]
+
+    assert others(shown) == others(expected), (
+        "book/execution_statistics.ipynb shows other times than results/execution_times.json: re-execute it "
+        "(FP_PROFILE=full python scripts/execute_notebooks.py book/execution_statistics.ipynb)")
