@@ -419,8 +419,8 @@ class LinearisedNet(AutogradModel):
               input_of: str = "loss"):
         """As :meth:`AutogradModel.grads`, in closed form (:func:`_tangent`): the gradient in ``V`` is
         ``c (sigma'(t) * dLoss/df)^T x / n``. PGD training calls it 8 times per step; with autograd the
-        lower-bound run's linearised stage took 67 s instead of 50 s (1 thread, back to back);
-        ``tests/test_lower_bounds.py`` checks that the two agree."""
+        lower-bound run's linearised stage took 65-67 s instead of 51-55 s (1 thread, interleaved:
+        ``scripts/studies_ab.py grads``); ``tests/test_lower_bounds.py`` checks that the two agree."""
         k = self.kernel
         f, dact, input_grad = _tangent(x, self.W0, k.b0, k.rho, k.q, self.V, self.c, base=True)
         loss, dl_df, grad_x, margins = _logistic_grads(f, y, input_grad, need_input, input_of)
