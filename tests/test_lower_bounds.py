@@ -108,10 +108,8 @@ def test_linearised_net_closed_form_grads_equal_autograd(beta, q):
     assert torch.allclose(a.V, b.V, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("kernel", ["poly_3", "poly_4", "ntk"])
-def test_kernel_model_closed_form_grads_equal_autograd(data, kernel):
-    """KernelModel.grads in closed form (the polynomial kernel's sum over centres, the NTK's primal form)
-    equals autograd on a model fitted with adversarial points among its centres; no weight gradient."""
+def _kernel_of(data, kernel):
+    """The kernel ``kernel`` (``poly_<p>`` or ``ntk``) for the fixture's data, and the data in float64."""
     dist, X, Y, xe, ye = data
     X, Y, xe, ye = X.double(), Y.double(), xe.double(), ye.double()
     if kernel == "ntk":
@@ -120,6 +118,14 @@ def test_kernel_model_closed_form_grads_equal_autograd(data, kernel):
         k.scale = k.mean_diag(X)
     else:
         k = bl.PolyKernel(int(kernel[-1]), (X * X).sum(1).mean().item())
+    return k, X, Y, xe, ye
+
+
+@pytest.mark.parametrize("kernel", ["poly_3", "poly_4", "ntk"])
+def test_kernel_model_closed_form_grads_equal_autograd(data, kernel):
+    """KernelModel.grads in closed form (the polynomial kernel's sum over centres, the NTK's primal form)
+    equals autograd on a model fitted with adversarial points among its centres; no weight gradient."""
+    k, X, Y, xe, ye = _kernel_of(data, kernel)
     model = bl.fit_kernel_adversarial(k, X, Y, 0.2, rounds=1, attack_steps=3, generator=torch.Generator().manual_seed(0))
     pairs = _autograd_and_closed_form(model, xe, ye, need_weight=True)
     assert pairs[0][0][1] == [] and pairs[0][1][1] == []
@@ -193,14 +199,7 @@ def test_primal_form_is_the_same_function_and_gradient_as_the_sum_over_centres(d
     function as the sum over centres, with the same input gradients (float64 on both sides: equal to
     rounding), on a fitted model with adversarial points among its centres; and the primal form follows
     new coefficients (load_state_dict)."""
-    dist, X, Y, xe, ye = data
-    X, Y, xe, ye = X.double(), Y.double(), xe.double(), ye.double()
-    if kernel == "ntk":
-        net = TwoLayerNet(dist.d, NetConfig(m=40, beta=0.1, init_std=0.3), generator=torch.Generator().manual_seed(3))
-        k = bl.NTKKernel(net.double())
-        k.scale = k.mean_diag(X)
-    else:
-        k = bl.PolyKernel(int(kernel[-1]), (X * X).sum(1).mean().item())
+    k, X, Y, xe, ye = _kernel_of(data, kernel)
     assert k.primal(X, Y) is not None
     model = bl.fit_kernel_adversarial(k, X, Y, 0.2, rounds=1, attack_steps=3, generator=torch.Generator().manual_seed(0))
     assert model.centres.shape[0] == 2 * X.shape[0]
