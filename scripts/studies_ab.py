@@ -1,4 +1,4 @@
-"""A/B timings of two changes of 2026-12-01, interleaved so that a change in the machine's speed hits both
+"""A/B timings of three changes of 2026-12-01, interleaved so that a change in the machine's speed hits both
 variants alike. Usage: ``FP_PROGRESS=0 python scripts/studies_ab.py [lowrank|orders|grads]`` (default all).
 
 - ``lowrank``: the adversarial chapter's low-rank study (``experiments.lowrank_study``) on one trained full
