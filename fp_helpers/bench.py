@@ -13,7 +13,6 @@ Also :func:`notebook_times_table`: the recorded notebook execution times, for th
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
 import platform
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .attacks import fgm
 from .networks import NetConfig, TwoLayerNet, smoothed_relu
 from .runs import cpu_capability, get_device
 from .sparse_coding import SparseCoding, SparseCodingConfig
@@ -381,8 +379,8 @@ def bench_cifar(batch: int | None = None, batches: int | None = None, warmup: in
     arithmetic) is not counted but takes time: the fraction of peak says how far the whole step is from
     the convolutions' arithmetic limit.
     """
-    from .cifar_models import channels_last_safe, make_model
-    from .cifar_train import CifarTrainConfig
+    from .cifar_models import make_model
+    from .cifar_train import CifarTrainConfig, to_memory_format
 
     device = _bench_device(device)
     cuda = device.type == "cuda"
@@ -422,10 +420,8 @@ def bench_cifar(batch: int | None = None, batches: int | None = None, warmup: in
             tf32 = " (cuDNN convolutions in TF32)" if cuda and torch.backends.cudnn.allow_tf32 else ""
             desc = f"fp32{tf32}, NCHW, SGD(foreach=False)"
         else:
-            safe = channels_last_safe(model, device)  # False only for tiny widths on a CPU (a oneDNN bug)
-            run_cfg = cfg if safe else dataclasses.replace(cfg, channels_last=False)
-            if safe:
-                model = model.to(memory_format=torch.channels_last)
+            model, run_cfg = to_memory_format(model, cfg, device)
+            safe = run_cfg.channels_last
             run_model = torch.compile(model) if compile else model
             step = ours_fgsm_rs_step_fn(run_model, x, y, run_cfg, amp=precision == "bf16", generator=gen)
             executed = flops["ours_step"]

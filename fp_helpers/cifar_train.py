@@ -195,6 +195,17 @@ def make_optimizer(params, cfg: CifarTrainConfig, device) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def to_memory_format(model: torch.nn.Module, cfg: CifarTrainConfig, device) -> tuple[torch.nn.Module, CifarTrainConfig]:
+    """``model`` in channels-last memory when ``cfg.channels_last`` and the device computes it correctly
+    (:func:`~fp_helpers.cifar_models.channels_last_safe`: not for tiny widths on a CPU, a oneDNN bug), and the
+    config that says which format was used (``channels_last`` turned off where it was not safe)."""
+    if cfg.channels_last and not channels_last_safe(model, device):
+        cfg = dataclasses.replace(cfg, channels_last=False)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, cfg
+
+
 def train_step(model, opt, xb: torch.Tensor, yb: torch.Tensor, cfg: CifarTrainConfig,
                generator: torch.Generator | None = None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step of :func:`train_cifar` (the same function :func:`fp_helpers.bench.bench_cifar` times):
@@ -356,10 +367,7 @@ def train_cifar(model, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CifarT
     dev = get_device(device)
     cuda = dev.type == "cuda"
     model.to(dev)
-    if cfg.channels_last and not channels_last_safe(model, dev):
-        cfg = dataclasses.replace(cfg, channels_last=False)  # a oneDNN bug (see cifar_models.channels_last_safe)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model, cfg = to_memory_format(model, cfg, dev)
 
     x_train, y_train = x_train.to(dev), y_train.to(dev)
     check = x_val is not None and cfg.co_check_n > 0

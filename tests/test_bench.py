@@ -10,7 +10,7 @@ import torch
 from fp_helpers import bench
 from fp_helpers.__main__ import main
 from fp_helpers.cifar_models import channels_last_safe, make_model
-from fp_helpers.cifar_train import CifarTrainConfig
+from fp_helpers.cifar_train import CifarTrainConfig, to_memory_format
 from fp_helpers.runs import threads
 
 TINY_CIFAR = {"batch": 4, "batches": 1, "warmup": 1, "width": 4}
@@ -72,7 +72,8 @@ def _one_step(kind, amp=False, seed=5, batch=8):
         torch.randn(x.shape, generator=gen)
         step = bench.naive_fgsm_rs_step_fn(model, x, y, cfg.eps, cfg.alpha, cfg.lr, cfg.momentum, cfg.weight_decay, gen)
     else:
-        model = model.to(memory_format=torch.channels_last)
+        model, cfg = to_memory_format(model, cfg, "cpu")
+        assert cfg.channels_last
         step = bench.ours_fgsm_rs_step_fn(model, x, y, cfg, amp=amp, generator=gen)
     loss = step()
     return loss.float().item(), {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -404,6 +404,23 @@ print("ok")
 """
 
 
+def test_to_memory_format_converts_only_where_safe():
+    from fp_helpers.cifar_train import to_memory_format
+
+    def layout(m):
+        w = m.conv1.weight
+        return "nhwc" if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() else "nchw"
+
+    cfg = CifarTrainConfig(channels_last=True).validate()
+    m, c = to_memory_format(tiny(width=16), cfg, "cpu")  # safe: converted, the config still says channels-last
+    assert c.channels_last and layout(m) == "nhwc"
+    m, c = to_memory_format(tiny(), cfg, "cpu")  # width 4 on a CPU: left in NCHW, and the config says so
+    assert not c.channels_last and cfg.channels_last and layout(m) == "nchw"
+    off = CifarTrainConfig(channels_last=False).validate()
+    m, c = to_memory_format(tiny(width=16), off, "cpu")  # not asked for: nothing changes
+    assert c is off and layout(m) == "nchw"
+
+
 def test_channels_last_is_refused_where_onednn_miscomputes_it():
     from fp_helpers.cifar_models import channels_last_safe
 
