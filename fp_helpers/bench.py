@@ -534,7 +534,7 @@ def bench_all(out: str | Path | None = None, device=None, synthetic: dict | None
     from .provenance import stamp
 
     bench_env = result["environment"]  # richer than the generic one stamp() writes: keep it
-    stamp(result, "package", {"synthetic": synthetic or {}, "ntk": ntk or {}, "cifar": cifar or {}},
+    stamp(result, "bench", {"synthetic": synthetic or {}, "ntk": ntk or {}, "cifar": cifar or {}},
           device=device, command="python -m fp_helpers bench all")
     result["environment"] = bench_env
     write_json_atomic(out, result)

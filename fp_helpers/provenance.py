@@ -25,6 +25,8 @@ do not count). Editing any function the experiment can call changes the hash, an
 says where; editing a docstring, a plot, the CIFAR loader (for a synthetic result) or bookkeeping (this
 module, :mod:`fp_helpers.checkpoints`, the CLI, the version banner) does not. It over-approximates: a
 method counts through its class, so an edit to any method of a class the experiment names counts.
+Benchmark results (experiment ``bench``) start from everything :mod:`fp_helpers.bench` uses: they go stale
+when the code they time changes, not when an exercise or a study they never run does.
 
 **Stale results.** :func:`load_result` returns a saved result and warns (:class:`StaleResultWarning`,
 shown by Jupyter under the cell) when its config differs from the expected one (given, or what its
@@ -58,7 +60,9 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "lower-bounds": ("lower_bounds.run_lower_bounds",),
     "cifar": ("cifar_experiments.run_cifar",),
 }
-EXPERIMENTS = tuple(ENTRY_POINTS) + ("package",)
+# "bench": the benchmarks time the package's code, so their results depend on every definition bench.py reaches
+# (bench.py itself is bookkeeping: it measures, it computes no number of the book)
+EXPERIMENTS = tuple(ENTRY_POINTS) + ("bench", "package")
 # bookkeeping that never changes a number: left out of every fingerprint
 BOOKKEEPING_MODULES = frozenset({"provenance", "checkpoints", "__main__", "__init__", "book", "plots", "bench",
                                  "parallel"})  # parallel: where runs execute, never their numbers (test_parallel)
@@ -232,6 +236,9 @@ def code_fingerprint(experiment: str, sources: dict[str, str] | None = None) -> 
 
     if experiment == "package":
         queue = [(m.name, n) for m in mods.values() for n in m.defs]
+    elif experiment == "bench":  # entry points: everything bench.py uses; bench.py's own definitions are left out below
+        mods["bench"] = _Module("bench", sources["bench"])
+        queue = [("bench", n) for n in mods["bench"].defs]
     else:
         queue = [tuple(e.split(".", 1)) for e in ENTRY_POINTS[experiment]]
     while queue:
@@ -253,6 +260,8 @@ def code_fingerprint(experiment: str, sources: dict[str, str] | None = None) -> 
                     target = resolve(alias[0], n.attr)
             if target is not None:
                 queue.append(target)
+    if experiment == "bench":
+        reached.pop("bench", None)
     modules = {}
     for mod in sorted(reached):
         lines = [f"{k}:{v}" for k, v in sorted(reached[mod].items())]

@@ -178,6 +178,22 @@ def test_code_fingerprint_sees_code_changes_not_docstrings_or_unrelated_code():
     assert pv.code_fingerprint("cifar", aug)["hash"] != pv.code_fingerprint("cifar")["hash"]
 
 
+def test_bench_fingerprint_covers_the_code_it_times_and_nothing_else():
+    base = pv.code_fingerprint("bench")
+    # the timed code: the synthetic training step, the NTK Gram matrix, the CIFAR training step
+    for module, old, new in (("networks", "return torch.copysign(h, t), dh", "return torch.copysign(h, t), dh * 1.0"),
+                             ("baselines", "class NTKKernel", "class NTKKernel_"),
+                             ("cifar_train", "        cfg = dataclasses.replace(cfg, channels_last=False)\n",
+                              "        cfg = dataclasses.replace(cfg, channels_last=True)\n")):
+        assert pv.code_fingerprint("bench", _sources_with(module, old, new))["hash"] != base["hash"], module
+    # what no benchmark runs (the book's exercises, the lower-bound study), and bench.py itself: no change
+    for module, old, new in (("exercises", "def _check_dk(d: int, k: int)", "def _check_dk(d: int, k: int, _=0)"),
+                             ("lower_bounds", "def stage_seed(", "def stage_seed_("),
+                             ("bench", "def matmul_peak(", "def matmul_peak_(")):
+        assert pv.code_fingerprint("bench", _sources_with(module, old, new))["hash"] == base["hash"], module
+    assert "exercises" not in base["modules"] and "bench" not in base["modules"]
+
+
 def test_load_result_warns_when_config_or_code_is_stale(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["run", "synthetic", "--profile", "quick", *SYN, "--out", str(out)]) == 0
