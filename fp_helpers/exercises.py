@@ -6,7 +6,8 @@
 - ``chebyshev_bound``: the bound on the robust accuracy of *any* bias-free linear classifier;
 - ``linear_model`` / ``best_linear``: the linear models ``<w, x>`` and ``<u, x>``;
 - ``random_direction_attack``: a control for the dense-direction attack;
-- ``train_clean_quick``: clean training at the quick scale without per-step evaluation.
+- ``train_clean_quick`` / ``train_adversarial_quick``: clean training, and clean then FGM training, at the quick
+  scale without per-step evaluation.
 """
 
 from __future__ import annotations
@@ -100,12 +101,26 @@ def random_direction_attack(x: torch.Tensor, eps: float, generator: torch.Genera
     return x + eps * r / r.norm(dim=1, keepdim=True)
 
 
-def train_clean_quick(overrides: dict | None = None, seed: int = 0) -> tuple[TwoLayerNet, Setup, dict]:
-    """Clean training at the ``quick`` scale with ``overrides`` (e.g. ``{"noise": 1.0}``), without the
-    per-step evaluation of the chapters; returns the network, its set-up and ``evaluate``'s numbers."""
+def _clean_quick(overrides: dict | None, seed: int) -> tuple[TwoLayerNet, Setup, torch.Tensor]:
     cfg = synthetic_config("quick", overrides, seed=seed)
     s = setup(cfg)
     net = TwoLayerNet(cfg.d, cfg.net_config(), generator=s.gen, device=s.device)
     W0 = net.snapshot()
     train(net, s.dist, cfg.clean_train_config(), s.gen, progress=False)
+    return net, s, W0
+
+
+def train_clean_quick(overrides: dict | None = None, seed: int = 0) -> tuple[TwoLayerNet, Setup, dict]:
+    """Clean training at the ``quick`` scale with ``overrides`` (e.g. ``{"noise": 1.0}``), without the
+    per-step evaluation of the chapters; returns the network, its set-up and ``evaluate``'s numbers."""
+    net, s, W0 = _clean_quick(overrides, seed)
+    return net, s, evaluate(net, s, W0)
+
+
+def train_adversarial_quick(overrides: dict | None = None, seed: int = 0) -> tuple[TwoLayerNet, Setup, dict]:
+    """:func:`train_clean_quick`, then FGM training from the clean weights with the profile's schedule (what
+    the adversarial-training chapter does, at the ``quick`` scale); the same return values, for the
+    adversarially trained network."""
+    net, s, W0 = _clean_quick(overrides, seed)
+    train(net, s.dist, s.cfg.adv_train_config(), s.gen, progress=False)
     return net, s, evaluate(net, s, W0)

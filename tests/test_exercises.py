@@ -64,3 +64,19 @@ def test_bad_input_is_rejected():
         exercises.linear_robust_law(100, 5, 0.1, -1.0)
     with pytest.raises(ValueError, match="vector"):
         exercises.linear_model(torch.zeros(2, 3))
+
+
+def test_quick_trainings_answer_the_noise_exercise():
+    """The clean-training chapter's noise exercise, at the quick scale it runs at: ten times more noise makes the
+    clean network's neurons purer and it more robust, and FGM training from the clean weights is far more robust
+    than either."""
+    _, s, low = exercises.train_clean_quick({"noise": 0.1})
+    _, _, high = exercises.train_clean_quick({"noise": 1.0})
+    _, s_adv, adv = exercises.train_adversarial_quick({"noise": 0.1})
+    assert s.cfg.d == 100 and s_adv.cfg.noise == 0.1  # the quick scale, whatever the profile
+    assert high["top1_energy_median"] > 2 * low["top1_energy_median"]
+    assert high["mixture_norm_median"] < low["mixture_norm_median"] - 0.3
+    assert high["robust_acc"] > low["robust_acc"]
+    assert adv["clean_acc"] > 0.95 and adv["robust_acc"] > high["robust_acc"] + 0.2
+    assert adv["top1_energy_median"] > high["top1_energy_median"]  # and purer neurons
+    assert adv["mixture_norm_median"] < high["mixture_norm_median"]
