@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             if args.experiment not in EXPERIMENTS:
                 raise ValueError(f"unknown experiment {args.experiment!r}; allowed: {', '.join(EXPERIMENTS)}")
+            from .provenance import pin
             from .runs import get_profile
+
+            pin(args.experiment)  # the result will name the code that runs now, whatever is edited meanwhile
 
             profile = get_profile(args.profile)
             if args.experiment == "synthetic":
@@ -170,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps < 1:
                 raise ValueError(f"--steps must be a positive int, got {args.steps}")
             from . import bench
+            from .provenance import pin
 
+            pin("bench")
             if args.what == "synthetic":
                 bench.bench_synthetic(steps=args.steps, device=args.device)
             elif args.what == "ntk":

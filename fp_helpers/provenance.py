@@ -283,6 +283,13 @@ def _fingerprint_cached(experiment: str) -> dict:
     return _CACHE[key]
 
 
+def pin(experiment: str) -> None:
+    """Read ``experiment``'s code fingerprint and the git state now, at the start of a run: a result stamped
+    when the run ends then describes the code this process imported, not files edited while it ran."""
+    _fingerprint_cached(experiment)
+    git_state()
+
+
 def git_state() -> tuple[str | None, bool | None]:
     """``(commit, dirty)``: git HEAD (short) and whether fp_helpers/ has uncommitted changes (None: no git)."""
     if "git" not in _CACHE:

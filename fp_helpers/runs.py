@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import random
@@ -85,8 +86,11 @@ def threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The git commit of the fp_helpers source tree, when it is a git checkout."""
+    """The git commit of the fp_helpers source tree, when it is a git checkout: read once per process, so a
+    result stamped at the end of a long run names the commit its code was imported from, in its
+    ``environment`` and its ``provenance`` alike, even if commits were made while it ran."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(

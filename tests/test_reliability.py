@@ -194,6 +194,27 @@ def test_bench_fingerprint_covers_the_code_it_times_and_nothing_else():
     assert "exercises" not in base["modules"] and "bench" not in base["modules"]
 
 
+def test_a_result_names_the_code_its_run_started_with(monkeypatch):
+    """A long run stamps its result at the end; code edited (or committed) while it ran must not be recorded
+    as the code that made it. The CLI pins the fingerprint and the git state when a run starts."""
+    from fp_helpers import runs
+
+    pv._CACHE.clear()
+    runs.git_commit.cache_clear()
+    try:
+        pv.pin("synthetic")
+        at_start = pv.code_fingerprint("synthetic")["hash"]
+        edited = _sources_with("networks", "return torch.copysign(h, t), dh", "return torch.copysign(h, t), dh * 2")
+        monkeypatch.setattr(pv, "_package_sources", lambda: edited)  # the files change while the run goes on
+        monkeypatch.setattr(runs.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git now")))
+        rec = pv.record("synthetic")
+        assert rec["code"]["hash"] == at_start != pv.code_fingerprint("synthetic")["hash"]
+        assert runs.environment()["commit"] == rec["commit"]  # read once: both blocks name the same commit
+    finally:
+        pv._CACHE.clear()
+        runs.git_commit.cache_clear()
+
+
 def test_load_result_warns_when_config_or_code_is_stale(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["run", "synthetic", "--profile", "quick", *SYN, "--out", str(out)]) == 0
