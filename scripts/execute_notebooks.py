@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(args.log)
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     env = runs.environment()
+    provenance.pin("package")  # the code the kernels import now, whatever is edited while they run
     # the appendix shows the times recorded here: it runs last, after the chapters it reports on
     # (tests/test_book.py checks that its committed table is what results/execution_times.json gives)
     for p in sorted(args.notebooks, key=lambda p: Path(p).stem == "execution_statistics"):
