@@ -195,7 +195,8 @@ def make_optimizer(params, cfg: CifarTrainConfig, device) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def to_memory_format(model: torch.nn.Module, cfg: CifarTrainConfig, device) -> tuple[torch.nn.Module, CifarTrainConfig]:
+def to_memory_format(model: torch.nn.Module, cfg: CifarTrainConfig,
+                     device) -> tuple[torch.nn.Module, CifarTrainConfig]:
     """``model`` in channels-last memory when ``cfg.channels_last`` and the device computes it correctly
     (:func:`~fp_helpers.cifar_models.channels_last_safe`: not for tiny widths on a CPU, a oneDNN bug), and the
     config that says which format was used (``channels_last`` turned off where it was not safe)."""

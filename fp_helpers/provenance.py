@@ -236,7 +236,7 @@ def code_fingerprint(experiment: str, sources: dict[str, str] | None = None) -> 
 
     if experiment == "package":
         queue = [(m.name, n) for m in mods.values() for n in m.defs]
-    elif experiment == "bench":  # entry points: everything bench.py uses; bench.py's own definitions are left out below
+    elif experiment == "bench":  # entry points: everything bench.py uses (its own definitions are dropped below)
         mods["bench"] = _Module("bench", sources["bench"])
         queue = [("bench", n) for n in mods["bench"].defs]
     else:
