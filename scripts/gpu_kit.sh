@@ -10,9 +10,14 @@
 #   bash scripts/gpu_kit.sh synthetic      # theory .. lower_bounds at FP_PROFILE=full, outputs written back, timed
 #   bash scripts/gpu_kit.sh cifar          # run cifar --profile full -> results/cifar/full-gpu; then the chapter
 #   bash scripts/gpu_kit.sh appendix       # the execution-statistics appendix (reads the times just recorded)
+#   bash scripts/gpu_kit.sh all            # ONE call for a lent GPU with little device time (15 minutes, start-up
+#                                          # included): bench, cifar, synthetic, appendix, most valuable first,
+#                                          # within GPU_KIT_BUDGET seconds (default 420); a step that would overrun
+#                                          # is stopped and what it finished is packed; later steps are skipped
 # Each step ends by packing every file it changed or created into $OUT/<step>.tar.gz (./gpu_out without $OUT);
 # back here, `tar xzf <step>.tar.gz` in the repository root puts them in place (then review and commit).
 #   bash scripts/gpu_kit.sh check          # here: dry run of the kit on this machine (CPU, quick profile)
+# GPU_KIT_PROFILE=quick (default full) runs the chapter steps at another profile: for rehearsals here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,12 +33,20 @@ jupyter_core==5.9.1 platformdirs==4.14.8 traitlets==5.16.1 pyzmq==27.3.0 tornado
 comm==0.2.3 debugpy==1.8.22 ipython==9.18.1 ipython_pygments_lexers==1.1.1 decorator jedi==0.20.1 parso==0.8.7
 matplotlib-inline==0.2.2 pexpect==4.9.0 ptyprocess==0.7.0 prompt_toolkit==3.0.53 wcwidth==0.9.4 stack-data==0.6.3
 asttokens==3.0.2 executing==2.3.0 pure_eval==0.2.4"
+PROFILE=${GPU_KIT_PROFILE:-full}
 SYNTHETIC="book/theory.ipynb book/sparse_coding.ipynb book/clean_training.ipynb book/adversarial_training.ipynb book/lower_bounds.ipynb"
 
 stamp() { touch "$ROOT/.gpu_kit_start"; sleep 1; }
+timed() {  # run "$@", stopped (SIGINT, then SIGKILL) at the deadline of an `all` call, if there is one
+  if [ -z "${GPU_KIT_DEADLINE:-}" ]; then "$@"; return; fi
+  local left=$(( GPU_KIT_DEADLINE - $(date +%s) ))
+  [ "$left" -gt 5 ] || { echo "no time left for: $*" >&2; return 124; }
+  timeout --signal=INT --kill-after=15 "$left" "$@"
+}
 pack() {  # every file under book/ and results/ newer than the step's start
   mkdir -p "$OUTDIR"
   local list; list=$(find book results -type f -newer "$ROOT/.gpu_kit_start" | sort)
+  [ -n "$list" ] || { echo "$1: no file changed, nothing to pack"; return 0; }
   echo "$list" | sed 's/^/changed: /'
   # shellcheck disable=SC2086
   tar czf "$OUTDIR/$1.tar.gz" $list
@@ -67,25 +80,40 @@ case "${1:-}" in
     echo "carry: [\".whl\", \".gpu_data\"]  (64 MiB at most per call, with the working tree)";;
   bench)
     stamp; use_wheels
-    "$PY" -m fp_helpers bench all
-    slug=$("$PY" -c "from fp_helpers.bench import device_slug; print(device_slug())")
-    "$PY" -m fp_helpers bench all --compile --out "results/bench/$slug-compile.json" || echo "torch.compile variant failed" >&2
+    timed "$PY" -m fp_helpers bench all || echo "bench failed or ran out of time (rc $?)" >&2
+    if [ -z "${GPU_KIT_DEADLINE:-}" ]; then  # in an `all` call the compile variant is left out: minutes of compiling
+      slug=$("$PY" -c "from fp_helpers.bench import device_slug; print(device_slug())")
+      "$PY" -m fp_helpers bench all --compile --out "results/bench/$slug-compile.json" || echo "torch.compile variant failed" >&2
+    fi
     pack bench;;
   synthetic)
     stamp; use_wheels
     # shellcheck disable=SC2086
-    FP_PROFILE=full "$PY" scripts/execute_notebooks.py $SYNTHETIC
+    FP_PROFILE=$PROFILE timed "$PY" scripts/execute_notebooks.py $SYNTHETIC || echo "synthetic chapters: rc $?" >&2
     pack synthetic;;
   cifar)
     stamp; use_wheels; data
-    "$PY" -m fp_helpers run cifar --profile full --data "$FP_DATA_DIR" --save-dir results/cifar/full-gpu \
-      --out results/cifar/full-gpu.json
-    FP_PROFILE=full "$PY" scripts/execute_notebooks.py book/cifar10.ipynb
+    if timed "$PY" -m fp_helpers run cifar --profile "$PROFILE" --data "$FP_DATA_DIR" \
+        --save-dir "results/cifar/$PROFILE-gpu" --out "results/cifar/$PROFILE-gpu.json"; then
+      FP_PROFILE=$PROFILE timed "$PY" scripts/execute_notebooks.py book/cifar10.ipynb || echo "cifar chapter: rc $?" >&2
+    else
+      echo "run cifar failed or ran out of time (rc $?): the chapter is not re-executed" >&2
+    fi
     pack cifar;;
   appendix)
     stamp; use_wheels
-    FP_PROFILE=full "$PY" scripts/execute_notebooks.py book/execution_statistics.ipynb
+    FP_PROFILE=$PROFILE "$PY" scripts/execute_notebooks.py book/execution_statistics.ipynb
     pack appendix;;
+  all)
+    budget=${GPU_KIT_BUDGET:-420}
+    export GPU_KIT_DEADLINE=$(( $(date +%s) + budget - 20 ))  # 20 s kept for the appendix
+    for step in ${GPU_KIT_STEPS:-bench cifar synthetic}; do
+      if [ $(( GPU_KIT_DEADLINE - $(date +%s) )) -le 30 ]; then echo "skipped $step: budget spent" >&2; continue; fi
+      echo "== $step ($(( GPU_KIT_DEADLINE - $(date +%s) )) s left)"
+      bash "$0" "$step" || echo "step $step: rc $?" >&2
+    done
+    unset GPU_KIT_DEADLINE
+    bash "$0" appendix;;
   check)  # the kit end to end here, with PYTHON a Python that has torch and the plotting stack but no Jupyter:
     # wheels for its version, installed the way the GPU machine installs them, then one chapter at the quick profile
     ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -95,5 +123,5 @@ case "${1:-}" in
     tmp=$(mktemp -d)
     FP_PROFILE=quick "$PY" scripts/execute_notebooks.py --time-only --log "$tmp/times.json" book/theory.ipynb
     rm -rf "$tmp";;
-  *) sed -n '2,18p' "$0"; exit 2;;
+  *) sed -n '2,/^set -euo pipefail/{/^set -euo/!p}' "$0"; exit 2;;
 esac
