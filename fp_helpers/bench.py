@@ -575,7 +575,7 @@ def bench_markdown(folder: str | Path = "results/bench") -> str:
             f"{ours['seconds_per_epoch']:.0f}"]) + " |"))
     if not any(g for g, _ in rows):
         rows.append((True, "| 1 GPU (`results/bench/<gpu>.json`) | not yet measured: no GPU was lent to the tasks "
-                           "that built this (`bash scripts/gpu_kit.sh bench` on one) |" + " |" * (len(BENCH_HEADER) - 2)))
+                           "that built this (`bash scripts/gpu_kit.sh all` on one) |" + " |" * (len(BENCH_HEADER) - 2)))
     head = ["| " + " | ".join(BENCH_HEADER) + " |", "|" + "---|" * len(BENCH_HEADER)]
     return "\n".join(head + [line for _, line in sorted(rows, key=lambda t: t[0])])
 
