@@ -413,7 +413,7 @@ def attack_strength(run: SyntheticRun) -> list[list]:
     return rows
 
 
-REGIME_HEADER = ["run", "beta", "init std", "steps clean+FGM", "clean acc (clean / adv)",
+REGIME_HEADER = ["run", "beta", "init std", "steps clean+FGM", "FGM lr", "clean acc (clean / adv)",
                  "PGD acc at tau (clean / adv)", "|cos(w, w0)| (clean / adv)", "principle holds", "median ratio"]
 
 
@@ -437,7 +437,8 @@ def regime_rows(folder) -> list[list]:
         stale += [str(w.message) for w in caught if issubclass(w.category, StaleResultWarning)]
         c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
         rows.append([f.stem.split("_")[0], f"{conf['beta']:g}", f"{conf['init_std']:g}",
-                     f"{conf['clean_steps']}+{conf['adv_steps']}", f"{c['clean_acc']:.3f} / {a['clean_acc']:.3f}",
+                     f"{conf['clean_steps']}+{conf['adv_steps']}", f"{conf['adv_lr']:g}",
+                     f"{c['clean_acc']:.3f} / {a['clean_acc']:.3f}",
                      f"{c['robust_acc']:.3f} / {a['robust_acc']:.3f}",
                      f"{c['cos_init_median']:.2f} / {a['cos_init_median']:.2f}",
                      f"{p['holds_fraction']:.2f}", f"{p['ratio_median']:.2f}"])
@@ -448,6 +449,42 @@ def regime_rows(folder) -> list[list]:
             f"{len(stale)} of {len(files)} results in {folder} may be stale; recompute them with {how}.\n"
             + "\n".join(stale)), stacklevel=2)
     return rows
+
+
+def regime_scale(results: dict) -> str:
+    """Where the regime results were made, from their provenance: e.g. ``"profile full on CPU (x86_64, ...)"``,
+    one entry per distinct (profile, device) pair."""
+    pairs = sorted({(r["provenance"]["profile"], r["provenance"].get("device_name") or r["provenance"]["device"])
+                    for r in results.values()})
+    return "; ".join(f"profile {p} on {dev}" for p, dev in pairs)
+
+
+def first_step_reaching(history, key: str, level: float):
+    """The first logged step of ``history`` (a list of dicts with ``"step"``) at which ``key`` reaches
+    ``level``; None if it never does."""
+    return next((r["step"] for r in history if r.get(key) is not None and r[key] >= level), None)
+
+
+def regime_glue(results: dict) -> dict:
+    """The numbers the regime section of the adversarial chapter quotes, from ``{letter: run synthetic result}``
+    (regimes C, D, F and G of ``results/regimes``), named as the chapter glues them (``reg_<letter>_<what>``)."""
+    out = {}
+    for key in ("C", "D", "F", "G"):
+        r = results[key]
+        c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
+        out.update({f"reg_{key}_holds": p["holds_fraction"], f"reg_{key}_ratio": p["ratio_median"],
+                    f"reg_{key}_cos_clean": c["cos_init_median"], f"reg_{key}_cos_adv": a["cos_init_median"],
+                    f"reg_{key}_robust": a["robust_acc"], f"reg_{key}_clean": a["clean_acc"],
+                    f"reg_{key}_steps": conf["adv_steps"], f"reg_{key}_lr": conf["adv_lr"],
+                    f"reg_{key}_beta": conf["beta"], f"reg_{key}_init": conf["init_std"],
+                    f"reg_{key}_top1_clean": c["top1_energy_median"], f"reg_{key}_top1_adv": a["top1_energy_median"]})
+    hist = results["G"]["adversarial_history"]
+    out.update(reg_G_holds_first=hist[1]["principle_holds"], reg_G_first_step=hist[1]["step"],
+               reg_G_step_95=first_step_reaching(hist, "robust_acc", 0.95),
+               reg_d=results["G"]["config"]["d"],
+               # median |cos| of two independent random directions in R^d (~0.6745 / sqrt(d)): the "no correlation" level
+               reg_cos_chance=0.6745 / results["G"]["config"]["d"] ** 0.5)
+    return out
 
 
 LOWRANK_HEADER = ["rank r", "energy share of the full update", "truncated update: clean / PGD acc",

@@ -40,12 +40,13 @@ def training_curves(histories: Mapping[str, "object"], keys: Sequence[tuple[str,
             ax.plot(steps, hist.column(key), label=name, color=PALETTE.get(name.split()[0]))
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("SGD step")
+            ax.set_ylim(-0.02, 1.02)  # every metric is an accuracy or a share: a small change looks small
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def robust_curves(curves: Mapping[str, tuple], tau: float | None = None, xlabel: str = r"$\ell_2$ radius $\tau$"):
+def robust_curves(curves: Mapping[str, tuple], tau: float | None = None, xlabel: str = r"$\ell_2$ radius $r$"):
     """Robust accuracy vs radius. ``curves[name] = (radii, accs)`` with ``accs`` of shape (radii,) or
     (seeds, radii); several seeds are drawn as mean +- one standard deviation."""
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
@@ -68,13 +69,16 @@ def robust_curves(curves: Mapping[str, tuple], tau: float | None = None, xlabel:
     return fig
 
 
-def spectra(weights: Mapping[str, torch.Tensor], M: torch.Tensor, n_neurons: int = 40, n_atoms: int = 20):
-    """Heat maps of sorted atom spectra ``<w_i, M_j>^2/||w_i||^2`` for the first neurons of each net."""
+def spectra(weights: Mapping[str, torch.Tensor], M: torch.Tensor, n_neurons: int = 40, n_atoms: int = 20,
+            vmax: float | None = 1.0):
+    """Heat maps of sorted atom spectra ``<w_i, M_j>^2/||w_i||^2`` for the first neurons of each net, on one
+    colour scale from 0 to ``vmax`` (None: the largest share shown, for spectra that are all small)."""
     fig, axes = plt.subplots(1, len(weights), figsize=(3.2 * len(weights), 3.0), squeeze=False)
-    for ax, (name, W) in zip(axes[0], weights.items()):
-        S = _np(pur.atom_spectrum(W[:n_neurons], M)).copy()
-        S = -np.sort(-S, axis=1)[:, :n_atoms]
-        im = ax.imshow(S, aspect="auto", cmap="mako_r" if _has_seaborn() else "viridis", vmin=0, vmax=1)
+    spectra_ = {name: -np.sort(-_np(pur.atom_spectrum(W[:n_neurons], M)), axis=1)[:, :n_atoms]
+                for name, W in weights.items()}
+    top = max(float(S.max()) for S in spectra_.values()) if vmax is None else vmax
+    for ax, (name, S) in zip(axes[0], spectra_.items()):
+        im = ax.imshow(S, aspect="auto", cmap="mako_r" if _has_seaborn() else "viridis", vmin=0, vmax=top)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("atoms, strongest first")
         ax.set_ylabel("neuron")
@@ -82,16 +86,34 @@ def spectra(weights: Mapping[str, torch.Tensor], M: torch.Tensor, n_neurons: int
     return fig
 
 
-def metric_histograms(values: Mapping[str, torch.Tensor], xlabel: str, bins=30, vline: float | None = None):
-    """Overlaid histograms of one per-neuron metric for several networks."""
+def metric_histograms(values: Mapping[str, torch.Tensor], xlabel: str, bins=30, vline: float | None = None,
+                      ylabel: str = "neurons"):
+    """Overlaid histograms of one metric (per neuron, or per sample with ``ylabel="samples"``) for several
+    networks."""
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     for name, v in values.items():
         ax.hist(_np(v), bins=bins, alpha=0.55, label=name, color=PALETTE.get(name.split()[0]))
     if vline is not None:
         ax.axvline(vline, color="k", ls=":", lw=1)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("neurons")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sparse_codes(z: torch.Tensor, x: torch.Tensor, decoded: torch.Tensor):
+    """The sparse-coding data in three panels: codes ``z`` (samples x atoms), the same samples ``x`` in input
+    space, and the decoded coordinates ``<M_j, x>`` against the true code entries."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    top = 1.2 * float(np.abs(_np(z)).max())
+    axes[0].imshow(_np(z), aspect="auto", cmap="RdBu_r", vmin=-top, vmax=top, interpolation="none")
+    axes[0].set(title="codes $z$", xlabel="atom $j$", ylabel="sample")
+    xs = float(np.quantile(np.abs(_np(x)), 0.99))
+    axes[1].imshow(_np(x), aspect="auto", cmap="RdBu_r", vmin=-xs, vmax=xs, interpolation="none")
+    axes[1].set(title="samples $x = Mz + \\xi$", xlabel="input coordinate")
+    axes[2].scatter(_np(z).flatten(), _np(decoded).flatten(), s=4, alpha=0.5)
+    axes[2].set(xlabel="true code $z_j$", ylabel="$\\langle M_j, x \\rangle$", title="decoding")
     fig.tight_layout()
     return fig
 
@@ -113,18 +135,20 @@ def model_class_curves(result: Mapping, label=None):
     names = [k for k, v in result.items() if isinstance(v, Mapping) and "curve" in v]
     groups = {"clean training": [n for n in names if not n.endswith("_adv") and not n.startswith("two_layer")],
               "adversarial training": [n for n in names if n.endswith("_adv") and n != "two_layer_adv"]}
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 5.0), sharey=True)
     cmap = plt.get_cmap("tab10")
+    bases = list(dict.fromkeys(n.removesuffix("_adv") for n in names))  # one colour per model class, both panels
     for ax, (title, group) in zip(axes, groups.items()):
-        for i, n in enumerate(group):
-            ax.plot(radii, result[n]["curve"], marker="o", ms=2.5, lw=1.2, color=cmap(i % 10), label=label(n))
+        for n in group:
+            color = cmap(bases.index(n.removesuffix("_adv")) % 10)
+            ax.plot(radii, result[n]["curve"], marker="o", ms=2.5, lw=1.2, color=color, label=label(n))
         if "two_layer_adv" in result:
             ax.plot(radii, result["two_layer_adv"]["curve"], color="k", lw=2.4, label=label("two_layer_adv"))
         ax.axvline(result["tau"], color="k", ls=":", lw=1)
         ax.text(result["tau"], 0.02, r" $\tau$", fontsize=9)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(r"$\ell_2$ radius" if result.get("norm", "l2") == "l2" else r"$\ell_\infty$ radius")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     axes[0].set_ylabel("robust accuracy (PGD)")
     axes[0].set_ylim(-0.02, 1.02)
     fig.tight_layout()
@@ -206,6 +230,7 @@ def layer_cosines(rows: Sequence[Mapping]):
         ax.plot(idx, [r[key] for r in rows], marker="o", ms=3, label=label, color=color)
     ax.set_xticks(idx)
     ax.set_xticklabels([r["layer"].replace("layers.", "") for r in rows], rotation=60, fontsize=7, ha="right")
+    ax.set_xlabel("layer (input to output)")
     ax.set_ylabel("cosine of the weights")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7)
@@ -229,9 +254,11 @@ def epoch_curves(histories: Mapping[str, Mapping]):
     return fig
 
 
-def lowrank_study(study: Mapping):
+def lowrank_study(study: Mapping, refs: Mapping[str, float] | None = None):
     """Left: cumulative energy share of the adversarial update in its top-r directions. Right: clean and PGD
-    accuracy of the clean weights plus the update truncated to rank r (and of rank-r training)."""
+    accuracy of the clean weights plus the update truncated to rank r (and of rank-r training), with
+    horizontal reference lines ``refs[label] = accuracy`` (e.g. the clean network's and the full update's PGD
+    accuracy)."""
     spec = study["spectrum"]
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(8.0, 3.2))
     share = _np(spec.energy_share)
@@ -246,8 +273,10 @@ def lowrank_study(study: Mapping):
         t = study["trained"]
         a1.plot(sorted(t), [t[r]["robust_acc"] for r in sorted(t)], "s--", color=PALETTE["linear"],
                 label="rank-r training: PGD acc")
+    for (name, level), ls in zip((refs or {}).items(), (":", "-.", "--")):
+        a1.axhline(level, color="0.35", lw=1, ls=ls, label=name)
     a1.set(xscale="log", xlabel="rank r", ylabel="accuracy", ylim=(0, 1.02), title="rank-r updates")
-    a1.legend(fontsize=8, loc="lower right")
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.tight_layout()
     return fig
 
@@ -264,8 +293,8 @@ def principle_trajectory(history: Sequence[Mapping], title: str | None = None):
     ax.plot(steps, [r["principle_holds"] for r in rows], "s-", color=PALETTE["clean"],
             label="share of neurons where the principle holds")
     ax.plot(steps, [r["cos_init_median"] for r in rows], "^--", color=PALETTE["init"], label="median |cos(w, w0)|")
-    ax.axhline(0.5, color="k", lw=0.6, ls=":")
-    ax.set(xlabel="FGM steps from the clean network", ylabel="value", ylim=(0, 1.02), title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.axhline(0.5, color="k", lw=0.6, ls=":", label="0.5: the principle holds for half the neurons")
+    ax.set(xlabel="FGM steps from the clean network", ylabel="accuracy, share or |cos|", ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.tight_layout()
     return fig

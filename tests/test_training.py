@@ -166,3 +166,27 @@ def test_prefetch_is_off_for_a_fixed_training_set_and_one_thread():
         assert not training._Batches(s.dist, fixed, s.gen).prefetch
     with threads(1):
         assert not training._Batches(s.dist, cfg.clean_train_config(), s.gen).prefetch
+
+
+def test_regime_glue_reads_the_committed_regimes_and_finds_the_first_step():
+    """The regime section's numbers come from the committed result files, each from the right field; the step
+    at which robustness first reaches a level is the first logged one at or above it (None if never)."""
+    from pathlib import Path
+
+    from fp_helpers import provenance
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "regimes"
+    reg = {f.stem.split("_")[0]: provenance.load_result(f) for f in sorted(folder.glob("*.json"))}
+    g = experiments.regime_glue(reg)
+    G = reg["G"]
+    assert g["reg_G_robust"] == G["adversarial"]["robust_acc"] and g["reg_C_lr"] == reg["C"]["config"]["adv_lr"]
+    assert g["reg_F_holds"] == reg["F"]["principle"]["holds_fraction"]
+    hist = G["adversarial_history"]
+    i = [r["step"] for r in hist].index(g["reg_G_step_95"])
+    assert hist[i]["robust_acc"] >= 0.95 and all(r["robust_acc"] < 0.95 for r in hist[:i])
+    assert 0.02 < g["reg_cos_chance"] < 0.05  # d = 400
+    hist = [{"step": 0, "x": 0.1}, {"step": 5, "x": None}, {"step": 10, "x": 0.7}, {"step": 20, "x": 0.9}]
+    assert experiments.first_step_reaching(hist, "x", 0.7) == 10
+    assert experiments.first_step_reaching(hist, "x", 0.95) is None
+    scale = experiments.regime_scale(reg)
+    assert "profile full" in scale and scale.count(";") == 0  # all made at one scale, on one device
