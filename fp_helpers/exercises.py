@@ -124,3 +124,23 @@ def train_adversarial_quick(overrides: dict | None = None, seed: int = 0) -> tup
     net, s, W0 = _clean_quick(overrides, seed)
     train(net, s.dist, s.cfg.adv_train_config(), s.gen, progress=False)
     return net, s, evaluate(net, s, W0)
+
+
+def margin_edge(d: int, k: int, noise: float, radius: float, rel: float = 0.02) -> dict:
+    """Where ``radius`` sits in the law of the best linear classifier's margin (:func:`linear_robust_law`).
+
+    Without noise the margin takes the values ``s / sqrt(d)``, ``s`` in the support of ``|S|``
+    (:func:`abs_sign_sum_pmf`); the law jumps at each. ``{"atom": s whose margin s / sqrt(d) lies within a
+    relative ``rel`` of ``radius`` (``None``: none does), "below": the law at ``radius (1 - rel)``, "at": at
+    ``radius``, "above": at ``radius (1 + rel)``}``. A radius on an atom is a knife edge: a robust accuracy
+    read there changes by a large step under a small change of the radius."""
+    _check_dk(d, k)
+    if not (isinstance(rel, (int, float)) and not isinstance(rel, bool) and 0 < rel < 1):
+        raise ValueError(f"rel must be a number in (0, 1), got {rel!r}")
+    if not (isinstance(radius, (int, float)) and not isinstance(radius, bool) and radius > 0 and math.isfinite(radius)):
+        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
+    atoms = [s for s in abs_sign_sum_pmf(k) if s > 0 and abs(s / math.sqrt(d) - radius) <= rel * radius]
+    return {"atom": atoms[0] if atoms else None,
+            "below": linear_robust_law(d, k, noise, radius * (1 - rel)),
+            "at": linear_robust_law(d, k, noise, radius),
+            "above": linear_robust_law(d, k, noise, radius * (1 + rel))}

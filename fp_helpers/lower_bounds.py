@@ -11,6 +11,7 @@ attacked with the same PGD on the same held-out points. Baselines are adversaria
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import zlib
@@ -21,6 +22,7 @@ import torch
 from . import baselines as bl
 from . import parallel
 from .attacks import AttackSpec, accuracy, robust_accuracy, robust_curve_nested
+from .exercises import margin_edge
 from .experiments import PROFILE_PRESETS, SyntheticConfig, initial_weights, setup, train_adversarial, train_clean
 from .networks import TwoLayerNet
 from .checkpoints import open_run
@@ -394,3 +396,192 @@ def table_rows(result: dict) -> list[list]:
         rows.append([model_label(name), f"{r['clean_acc']:.3f}", f"{r['robust_acc']:.3f}",
                      "" if name == "two_layer_adv" else f"{100 * (ref - r['robust_acc']):+.1f}"])
     return rows
+
+
+# ------------------------------------------------------------------------------- the chapter's summary numbers
+# Read a result of run_lower_bounds; none of them is called by the run (they do not change its fingerprint).
+
+def eval_points(result: dict, key: str = "lb_eval_n") -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out points of a ``keep_models=True`` result behind its numbers at ``tau`` (``key="lb_eval_n"``)
+    or behind its curves (``key="curve_n"``): the first ``config[key]`` of the setup's evaluation points."""
+    if "_setup" not in result:
+        raise ValueError("result has no held-out points: run run_lower_bounds with keep_models=True")
+    if key not in ("lb_eval_n", "curve_n"):
+        raise ValueError(f"key must be 'lb_eval_n' or 'curve_n', got {key!r}")
+    n = result["config"][key]
+    return result["_setup"].x_eval[:n], result["_setup"].y_eval[:n]
+
+
+def constant_robust_accuracy(y: torch.Tensor) -> float:
+    """Robust accuracy, at every radius, of the best constant predictor on labels ``y`` (+-1): it predicts the
+    majority class everywhere, and no perturbation changes a constant prediction. The share of the majority
+    class; 0.5 on balanced labels. Every model class that contains the constants (a linear model with a
+    bias, a kernel model with a constant term) has an exact robust optimum at least this high."""
+    y = torch.as_tensor(y)
+    if y.ndim != 1 or y.numel() == 0:
+        raise ValueError(f"y must be a non-empty vector of labels, got shape {tuple(y.shape)}")
+    if not bool(((y == 1) | (y == -1)).all()):
+        raise ValueError(f"y must hold labels +1 and -1, got the values {sorted(set(y.tolist()))[:5]}")
+    pos = int((y == 1).sum())
+    return max(pos, y.numel() - pos) / y.numel()
+
+
+def _float64_kernel(kernel):
+    """A copy of ``kernel`` that computes in float64 (the NTK keeps its weights in its own dtype)."""
+    k = copy.copy(kernel)
+    if hasattr(k, "W0"):
+        k.W0 = k.W0.double()
+        if torch.is_tensor(k.b0):
+            k.b0 = k.b0.double()
+    return k
+
+
+@torch.no_grad()
+def dual_float64_check(model, x: torch.Tensor, block: int = 1024) -> dict:
+    """How far a :class:`~fp_helpers.baselines.KernelModel`'s outputs are from the exact value of the same model.
+
+    The reference is the sum over its stored centres and coefficients, ``sum_i alpha_i K(c_i, x)``, computed
+    in float64. ``{"forward_err": max |f - f64| of what the model computes (its primal form where it has one,
+    else the float32 sum: what every number of the run uses), "forward_flips": points where its sign differs
+    from f64's, "dual32_err", "dual32_flips": the same for the float32 sum over centres, "median_abs_f":
+    median |f64|, "n": number of points}``."""
+    if not isinstance(model, bl.KernelModel):
+        raise TypeError(f"model must be a KernelModel, got {type(model).__name__}")
+    k64, C, a = _float64_kernel(model.kernel), model.centres.double(), model.alpha.double()
+    f, f32, f64 = [], [], []
+    for i in range(0, x.shape[0], block):
+        xb = x[i:i + block]
+        f.append(model(xb).double())
+        f32.append(model.dual(xb).double())
+        f64.append(k64(xb.double(), C) @ a)
+    f, f32, f64 = torch.cat(f), torch.cat(f32), torch.cat(f64)
+    return {"forward_err": (f - f64).abs().max().item(), "forward_flips": int(((f > 0) != (f64 > 0)).sum()),
+            "dual32_err": (f32 - f64).abs().max().item(), "dual32_flips": int(((f32 > 0) != (f64 > 0)).sum()),
+            "median_abs_f": f64.abs().median().item(), "n": int(x.shape[0])}
+
+
+def attack_strength_check(result: dict, names, steps: int = 100, restarts: int = 10, seed: int = 0) -> dict:
+    """Attack the models ``names`` of a ``keep_models=True`` result again at ``tau``, on the same held-out
+    points, with a stronger PGD (``steps`` steps, ``restarts`` restarts, the same norm):
+    ``{name: {"run": the result's PGD accuracy, "strong": the stronger attack's}}`` and ``"spec"``, the
+    stronger attack's description. A stronger attack that finds no lower accuracy says the run's attack was
+    enough for these models."""
+    for name, v in (("steps", steps), ("restarts", restarts)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    missing = [n for n in names if n not in result.get("_models", {})]
+    if missing:
+        raise ValueError(f"no model {', '.join(map(repr, missing))} in the result; allowed: "
+                         f"{', '.join(result.get('_models', {}))} (run with keep_models=True)")
+    x, y = eval_points(result)
+    spec = AttackSpec("pgd", result["norm"], steps, restarts)
+    out: dict = {"spec": spec.describe(result["tau"])}
+    for name in names:
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        out[name] = {"run": result[name]["robust_acc"],
+                     "strong": robust_accuracy(result["_models"][name], x, y, result["tau"], spec, generator=g)}
+    return out
+
+
+def baseline_names(result: dict) -> list[str]:
+    """The linear, polynomial and NTK models of a result trained on data (not the network, not the
+    hand-built ``linear_best`` and sparse polynomial)."""
+    return [n for n in model_names(result) if not n.startswith(("two_layer", "sparse_poly", "linear_best"))]
+
+
+def summary_numbers(result: dict, edge_rel: float = 0.1) -> dict:
+    """The numbers the chapter states about a result of :func:`run_lower_bounds` (the FGM-trained network
+    ``two_layer_adv`` among its models), each under the name the chapter glues it as (without ``lb_``):
+
+    - the network's clean and PGD accuracy at ``tau`` (``ref_*``); over the baselines (:func:`baseline_names`)
+      the smallest gap to it in points and its model, the best PGD accuracy, those with clean accuracy below
+      0.9; the linear and kernel adversarial-training numbers; the attack at ``tau`` (``attack``);
+    - where ``tau`` is on the radius grid of the curves: the network's and the baselines' best curve value
+      there and at the grid radii either side (``net_curve_*``, ``base_curve_*``, ``prev_radius``,
+      ``next_radius``), and the best linear model's exact robust accuracy on the curve points
+      (``best_exact_tau_curve``); the margin atom ``tau`` sits on and the exact law a relative ``edge_rel``
+      either side (``tau_atom``, ``law_below``, ``law_above``, ``edge_rel_pct``; :func:`exercises.margin_edge`);
+    - with ``keep_models=True``: the constant predictor's robust accuracy on the held-out points
+      (:func:`constant_robust_accuracy`), and the float32 checks of the kernel models
+      (:func:`dual_float64_check`): ``dual_*`` for the float32 sum of the adversarially refitted affine kernel
+      (its primal form is what the run uses), ``f64_*`` the largest error and flips over the kernels of degree
+      3 and more, which the run evaluates as the float32 sum over up to ``f64_centres`` centres."""
+    if "two_layer_adv" not in result:
+        raise ValueError("result has no FGM-trained network (two_layer_adv): 'two_layer' must be among lb.models")
+    ref = result["two_layer_adv"]["robust_acc"]
+    names = baseline_names(result)
+    if not names:
+        raise ValueError("result has no linear, polynomial or NTK model")
+    gaps = {n: ref - result[n]["robust_acc"] for n in names}
+    low = [model_label(n) for n in names if result[n]["clean_acc"] < 0.9]
+    kernels = [n[:-4] for n in names if n.endswith("_adv") and (n.startswith("poly") or n == "ntk_adv")]
+    nan = float("nan")
+    out = {"ref_robust": ref, "ref_clean": result["two_layer_adv"]["clean_acc"], "attack": result["attack"],
+           "min_gap_pts": 100 * min(gaps.values()), "min_gap_model": model_label(min(gaps, key=gaps.get)),
+           "max_baseline_robust": max(result[n]["robust_acc"] for n in names),
+           "low_clean": "; ".join(low) if low else "none",
+           "linadv_clean": result["linear_adv"]["clean_acc"] if "linear_adv" in result else nan,
+           "linadv_robust": result["linear_adv"]["robust_acc"] if "linear_adv" in result else nan,
+           "kernel_adv_gain_pts": 100 * max((abs(result[n + "_adv"]["robust_acc"] - result[n]["robust_acc"])
+                                             for n in kernels), default=nan),
+           "poly1_adv_robust": result["poly_1_adv"]["robust_acc"] if "poly_1_adv" in result else nan}
+    radii, tau = result["radii"], result["tau"]
+    hits = [i for i, r in enumerate(radii) if math.isclose(r, tau, rel_tol=1e-9)]
+    if hits and 0 < hits[0] < len(radii) - 1:
+        i = hits[0]
+        out.update(prev_radius=radii[i - 1], next_radius=radii[i + 1])
+        for key, j in (("prev", i - 1), ("tau", i), ("next", i + 1)):
+            out[f"net_curve_{key}"] = result["two_layer_adv"]["curve"][j]
+            out[f"base_curve_{key}"] = max(result[n]["curve"][j] for n in names)
+        if "linear_best" in result:
+            out["best_exact_tau_curve"] = result["linear_best"]["exact_curve"][i]
+    cfg = result.get("config", {})
+    if all(key in cfg for key in ("d", "k", "noise")):
+        edge = margin_edge(cfg["d"], cfg["k"], cfg["noise"], tau, edge_rel)
+        out.update(tau_atom=edge["atom"] if edge["atom"] is not None else "none", law_below=edge["below"],
+                   law_above=edge["above"], edge_rel_pct=round(100 * edge_rel))
+    if "_setup" in result:
+        x, y = eval_points(result)
+        out["const_robust"] = constant_robust_accuracy(y)
+        models = result.get("_models", {})
+        if "poly_1_adv" in models:
+            c = dual_float64_check(models["poly_1_adv"], x)
+            out.update(dual_err=c["dual32_err"], dual_f_med=c["median_abs_f"], dual_flips=c["dual32_flips"])
+        high = [n for n in models if n.startswith("poly_") and int(n.split("_")[1]) > 2]
+        checks = [dual_float64_check(models[n], x) for n in high]
+        out["f64_models"] = len(high)
+        out["f64_centres"] = f"{max((models[n].centres.shape[0] for n in high), default=0):,}"
+        out["f64_err"] = max((c["forward_err"] for c in checks), default=nan)
+        out["f64_rel_err"] = max((c["forward_err"] / c["median_abs_f"] for c in checks), default=nan)
+        out["f64_flips"] = max((c["forward_flips"] for c in checks), default=0)
+    return out
+
+
+def orders_numbers(result: dict, orders: list[dict]) -> dict:
+    """The chapter's numbers about :func:`linear_stage_orders` (``orders``, of the same configs as ``result``):
+    the range over the orders of the FGM-trained linear model's clean and PGD accuracy (``linadv_*_lo/hi``), of
+    the clean one's PGD accuracy (``lin_robust_hi``), of the norm ratio ``||w_adv|| / ||w_clean||``
+    (``linadv_shrink_lo/hi``); and over every baseline of the result *and* every order's linear models, the
+    smallest gap to the FGM-trained network in points (``min_gap_all_pts``, its model ``min_gap_all_model``)
+    and the best PGD accuracy (``max_baseline_robust_all``)."""
+    if not orders:
+        raise ValueError("orders must be a non-empty list of linear_stage_orders rows")
+    if "two_layer_adv" not in result:
+        raise ValueError("result has no FGM-trained network (two_layer_adv): 'two_layer' must be among lb.models")
+    adv = [o["linear_adv"] for o in orders]
+    shrink = [o["linear_adv"]["w_norm"] / o["linear"]["w_norm"] for o in orders]
+    robust = {n: result[n]["robust_acc"] for n in baseline_names(result)}
+    for i, o in enumerate(orders):
+        for n in ("linear", "linear_adv"):
+            robust[f"{n}@{i}"] = o[n]["robust_acc"]
+    best = max(robust, key=robust.get)
+    name, _, order = best.partition("@")
+    return {"orders": len(orders),
+            "linadv_clean_lo": min(a["clean_acc"] for a in adv), "linadv_clean_hi": max(a["clean_acc"] for a in adv),
+            "linadv_robust_lo": min(a["robust_acc"] for a in adv),
+            "linadv_robust_hi": max(a["robust_acc"] for a in adv),
+            "lin_robust_hi": max(o["linear"]["robust_acc"] for o in orders),
+            "linadv_shrink_lo": min(shrink), "linadv_shrink_hi": max(shrink),
+            "min_gap_all_pts": 100 * (result["two_layer_adv"]["robust_acc"] - robust[best]),
+            "min_gap_all_model": model_label(name) + (f", data order {order}" if order else ""),
+            "max_baseline_robust_all": robust[best]}

@@ -305,3 +305,179 @@ def test_cli_lower_bounds_rejects_bad_input(tmp_path, capsys):
     assert main(["run", "lower-bounds", "--profile", "quick", "--set", "degrees=0", "--out", str(tmp_path / "x")]) == 2
     assert "degree must be an int >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------ the chapter's summary numbers (lower_bounds)
+from types import SimpleNamespace
+
+from fp_helpers import exercises
+from fp_helpers import lower_bounds as lbm
+
+
+def test_constant_predictor_keeps_the_majority_share_at_every_radius(data):
+    assert lbm.constant_robust_accuracy(torch.tensor([1.0, 1.0, 1.0, -1.0])) == 0.75
+    assert lbm.constant_robust_accuracy(torch.tensor([-1, -1, 1, -1, -1])) == 0.8
+    assert lbm.constant_robust_accuracy(torch.tensor([1.0, -1.0] * 50)) == 0.5
+    # it is what PGD leaves to a constant model (w = 0, a bias towards the majority), at any radius
+    dist, X, Y, xe, ye = data
+    const = bl.LinearModel(dist.d)
+    with torch.no_grad():
+        const.b.fill_(1.0 if (ye == 1).float().mean() >= 0.5 else -1.0)
+    for eps in (0.0, 0.3, 3.0):
+        acc = robust_accuracy(const, xe, ye, eps, AttackSpec("pgd", "l2", 5, 2), generator=torch.Generator().manual_seed(0))
+        assert acc == pytest.approx(lbm.constant_robust_accuracy(ye))
+    for bad in (torch.tensor([1.0, 0.0]), torch.tensor([]), torch.ones(2, 2)):
+        with pytest.raises(ValueError, match="y must"):
+            lbm.constant_robust_accuracy(bad)
+
+
+class _PlantedPoly(bl.PolyKernel):
+    """A polynomial kernel that is off by ``err`` in float32 only (a planted rounding error)."""
+
+    def __init__(self, degree, scale, err):
+        super().__init__(degree, scale)
+        self.err = err
+
+    def __call__(self, a, b):
+        K = super().__call__(a, b)
+        return K + self.err if K.dtype == torch.float32 else K
+
+
+def test_dual_float64_check_finds_a_planted_float32_error(data):
+    dist, X, Y, xe, ye = data
+    model = bl.fit_kernel_ridge(bl.PolyKernel(3, (X * X).sum(1).mean().item()), X[:300], Y[:300])
+    clean = lbm.dual_float64_check(model, xe, block=128)
+    assert clean["n"] == xe.shape[0] and clean["median_abs_f"] > 0.1
+    assert clean["forward_err"] < 1e-3 * clean["median_abs_f"] and clean["forward_flips"] == 0
+    assert clean["dual32_err"] == clean["forward_err"]  # degree 3: the model is the float32 sum itself
+    # every float32 output moves by err * sum(alpha): half the median |f|
+    err = 0.5 * clean["median_abs_f"] / model.alpha.double().sum().item()
+    shift = err * model.alpha.double().sum().item()
+    planted = bl.KernelModel(_PlantedPoly(3, model.kernel.scale, err), model.centres, model.alpha)
+    c = lbm.dual_float64_check(planted, xe)
+    assert c["forward_err"] == pytest.approx(abs(shift), rel=1e-3)
+    f64 = model.kernel(xe.double(), model.centres.double()) @ model.alpha.double()
+    flips = int(((f64 + shift > 0) != (f64 > 0)).sum())
+    assert c["forward_flips"] == c["dual32_flips"] == flips and flips > 0.1 * xe.shape[0]
+    # a primal form (degree 1) is what the model computes; its float32 sum is checked on the side
+    ridge1 = bl.fit_kernel_ridge(bl.PolyKernel(1, model.kernel.scale), X[:300], Y[:300])
+    affine = bl.KernelModel(_PlantedPoly(1, model.kernel.scale, err), ridge1.centres, ridge1.alpha)
+    c1 = lbm.dual_float64_check(affine, xe)
+    shift1 = abs(err * ridge1.alpha.double().sum().item())
+    assert c1["forward_err"] < 1e-4 * c1["median_abs_f"] and c1["forward_flips"] == 0
+    assert c1["dual32_err"] == pytest.approx(shift1, rel=0.1)  # the plant, plus the float32 sum's own rounding
+    with pytest.raises(TypeError, match="KernelModel"):
+        lbm.dual_float64_check(bl.LinearModel(dist.d), xe)
+
+
+def test_dual_float64_check_evaluates_the_ntk_in_float64(data):
+    dist, X, Y, xe, ye = data
+    net = TwoLayerNet(dist.d, NetConfig(m=40, beta=0.1, init_std=0.3), generator=torch.Generator().manual_seed(3))
+    k = bl.NTKKernel(net)
+    k.scale = k.mean_diag(X)
+    c = lbm.dual_float64_check(bl.fit_kernel_ridge(k, X[:300], Y[:300]), xe)
+    assert k.W0.dtype == torch.float32  # the model's kernel is untouched
+    assert c["forward_err"] < 1e-3 * c["median_abs_f"] and c["forward_flips"] == 0
+
+
+def _fake_result(data, robust: dict, clean: float = 0.95):
+    dist, X, Y, xe, ye = data
+    res = {"tau": 0.3, "norm": "l2", "attack": "PGD-20 x3 restarts, l2, eps=0.3", "radii": [0.0, 0.15, 0.3, 0.45],
+           "config": {"lb_eval_n": 100, "curve_n": 50, "d": 100, "k": 5, "noise": 0.0},
+           "_setup": SimpleNamespace(x_eval=xe, y_eval=ye), "_models": {}}
+    for name, r in robust.items():
+        res[name] = {"clean_acc": 1.0 if name.startswith(("two_layer", "sparse")) else clean, "robust_acc": r,
+                     "curve": [1.0, min(1.0, r + 0.2), r, max(0.0, r - 0.2)]}
+        if name == "linear_best":
+            res[name]["exact_curve"] = [1.0, 0.7, r - 0.01, 0.0]
+    return res
+
+
+def test_summary_numbers_take_the_smallest_gap_over_the_trained_baselines_only(data):
+    res = _fake_result(data, {"two_layer": 0.4, "two_layer_adv": 0.9, "linear": 0.3, "linear_adv": 0.45,
+                              "linear_best": 0.6, "poly_1": 0.28, "poly_1_adv": 0.33, "ntk": 0.35, "ntk_adv": 0.3,
+                              "sparse_poly_3": 0.8})
+    res["linear_adv"]["clean_acc"] = 0.6
+    s = lbm.summary_numbers(res)
+    # the network, the hand-built best linear model and the sparse polynomial are not baselines
+    assert s["min_gap_pts"] == pytest.approx(45.0) and s["min_gap_model"] == "linear, adversarial"
+    assert s["max_baseline_robust"] == 0.45 and s["low_clean"] == "linear, adversarial"
+    assert s["kernel_adv_gain_pts"] == pytest.approx(5.0)  # poly_1 0.28 -> 0.33; ntk 0.35 -> 0.30
+    assert s["const_robust"] == lbm.constant_robust_accuracy(data[4][:100])
+    assert s["f64_models"] == 0 and s["f64_flips"] == 0
+    # the curves around tau = 0.3 (grid 0, 0.15, 0.3, 0.45): the network's, and the best baseline's (not linear_best)
+    assert (s["prev_radius"], s["next_radius"]) == (0.15, 0.45)
+    assert (s["net_curve_prev"], s["net_curve_tau"], s["net_curve_next"]) == pytest.approx((1.0, 0.9, 0.7))
+    assert (s["base_curve_prev"], s["base_curve_tau"], s["base_curve_next"]) == pytest.approx((0.65, 0.45, 0.25))
+    assert s["best_exact_tau_curve"] == pytest.approx(0.59)
+    # tau = 3 / sqrt(100) is the margin atom |S| = 3; without noise the law steps from P(|S| >= 3) to P(|S| = 5)
+    assert s["tau_atom"] == 3 and s["edge_rel_pct"] == 10
+    assert (s["law_below"], s["law_above"]) == pytest.approx((12 / 32, 2 / 32))
+    assert s["attack"] == "PGD-20 x3 restarts, l2, eps=0.3"
+    del res["two_layer_adv"]
+    with pytest.raises(ValueError, match="two_layer_adv"):
+        lbm.summary_numbers(res)
+
+
+def test_orders_numbers_include_every_order_of_the_linear_stage(data):
+    res = _fake_result(data, {"two_layer_adv": 0.9, "linear": 0.3, "linear_adv": 0.45, "poly_2": 0.28})
+
+    def order(clean_r, adv_r, adv_clean, shrink):
+        return {"linear": {"clean_acc": 0.98, "robust_acc": clean_r, "w_norm": 2.0},
+                "linear_adv": {"clean_acc": adv_clean, "robust_acc": adv_r, "w_norm": 2.0 * shrink}}
+
+    orders = [order(0.3, 0.45, 0.7, 0.01), order(0.31, 0.52, 0.55, 0.02), order(0.29, 0.40, 0.6, 0.015)]
+    o = lbm.orders_numbers(res, orders)
+    assert o["min_gap_all_pts"] == pytest.approx(38.0) and o["max_baseline_robust_all"] == 0.52
+    assert o["min_gap_all_model"] == "linear, adversarial, data order 1"
+    assert lbm.summary_numbers(res)["min_gap_pts"] == pytest.approx(45.0)  # the run's own order only
+    assert (o["linadv_robust_lo"], o["linadv_robust_hi"], o["lin_robust_hi"]) == (0.40, 0.52, 0.31)
+    assert (o["linadv_clean_lo"], o["linadv_clean_hi"]) == (0.55, 0.7) and o["orders"] == 3
+    assert o["linadv_shrink_lo"] == pytest.approx(0.01) and o["linadv_shrink_hi"] == pytest.approx(0.02)
+    # a baseline of the run above every order is the one named
+    res["poly_2"]["robust_acc"] = 0.6
+    assert lbm.orders_numbers(res, orders)["min_gap_all_model"] == "poly kernel, degree 2"
+    with pytest.raises(ValueError, match="orders"):
+        lbm.orders_numbers(res, [])
+
+
+def test_attack_strength_check_reaches_the_exact_worst_case_of_a_linear_model(data):
+    dist, X, Y, xe, ye = data
+    res = _fake_result(data, {"linear_best": 0.0})
+    res["_models"]["linear_best"] = exercises.best_linear(dist)
+    x, y = xe[:100], ye[:100]
+    out = lbm.attack_strength_check(res, ["linear_best"], steps=10, restarts=2)
+    assert out["spec"] == "PGD-10 x2 restarts, l2, eps=0.3" and out["linear_best"]["run"] == 0.0
+    assert out["linear_best"]["strong"] == pytest.approx(
+        bl.linear_exact_robust_accuracy(res["_models"]["linear_best"], x, y, 0.3))
+    with pytest.raises(ValueError, match="no model 'ntk'"):
+        lbm.attack_strength_check(res, ["ntk"])
+    with pytest.raises(ValueError, match="restarts"):
+        lbm.attack_strength_check(res, ["linear_best"], restarts=0)
+
+
+def test_margin_edge_finds_the_atom_and_the_step_of_the_law():
+    d, k = 400, 7
+    e = exercises.margin_edge(d, k, 0.0, 3 / 20, rel=0.1)  # 3 / sqrt(d): the margin of |S| = 3
+    pmf = exercises.abs_sign_sum_pmf(k)
+    assert e["atom"] == 3
+    assert e["below"] == pytest.approx(pmf[3] + pmf[5] + pmf[7]) and e["above"] == pytest.approx(pmf[5] + pmf[7])
+    noisy = exercises.margin_edge(d, k, 0.1, 0.15, rel=0.1)
+    assert noisy["below"] > noisy["at"] > noisy["above"]
+    assert noisy["at"] == pytest.approx(exercises.linear_robust_law(d, k, 0.1, 0.15))
+    off = exercises.margin_edge(d, k, 0.1, 0.2, rel=0.1)  # between 3/20 and 5/20
+    assert off["atom"] is None and off["below"] - off["above"] < 0.02
+    with pytest.raises(ValueError, match="rel"):
+        exercises.margin_edge(d, k, 0.1, 0.15, rel=1.5)
+
+
+def test_eval_points_are_the_first_points_of_the_setup(data):
+    res = _fake_result(data, {"two_layer_adv": 0.9})
+    x, y = lbm.eval_points(res)
+    assert torch.equal(x, data[3][:100]) and torch.equal(y, data[4][:100])
+    assert lbm.eval_points(res, "curve_n")[0].shape[0] == 50
+    with pytest.raises(ValueError, match="key must be"):
+        lbm.eval_points(res, "eval_n")
+    del res["_setup"]
+    with pytest.raises(ValueError, match="keep_models=True"):
+        lbm.eval_points(res)
