@@ -621,14 +621,51 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
     return sorted(rows, key=order)
 
 
-def notebook_times_log(path: str | Path = "results/execution_times.json"):
+def notebook_times_log(path: str | Path = "results/execution_times.json", this_page: str | None = None,
+                       training_runs: dict[str, str | Path] | None = None):
     """The appendix's table of :func:`notebook_times_table` (a Markdown object): one line per recorded
-    execution, with its profile, device, wall time, commit and date."""
-    from .book import markdown_table
+    execution, with its profile, device, wall time, commit, date and a note. ``this_page``: the chapter (notebook
+    stem) showing the table; the log is written after a page runs, so its rows are the *previous* execution and
+    are noted so. ``training_runs``: chapter -> a saved run's JSON (e.g. ``results/cifar/full.json``) that the
+    chapter's ``full`` execution loads instead of training; its own training time (``"seconds"``) is added as a
+    row right after that chapter's rows, labelled as a training run, not a notebook execution."""
+    import json
 
-    return markdown_table(["notebook", "profile", "device", "wall time", "commit", "date"],
-                          [[r["chapter"], r["profile"], r["device"], format_seconds(r["seconds"]), r["commit"] or "-",
-                            r["date"]] for r in notebook_times_table(path)])
+    from .book import markdown_table, portable_paths
+
+    rows = notebook_times_table(path)
+    extra = {}
+    for chapter, run in (training_runs or {}).items():
+        run = Path(run)
+        if not run.exists():
+            continue
+        r = json.loads(run.read_text())
+        prov, env = r.get("provenance") or {}, r.get("environment") or {}
+        extra[chapter] = [f"{chapter} (training run)", prov.get("profile") or env.get("profile") or "-",
+                          env.get("device_name") or r.get("device", "-"), format_seconds(float(r["seconds"])),
+                          prov.get("commit") or "-", str(prov.get("date", "-"))[:10],
+                          f"training of the saved run {portable_paths(str(run.resolve()))} that the `full` row loads; "
+                          f"not part of the notebook's time"]
+    table = []
+    for i, r in enumerate(rows):
+        note = "previous execution (this page's log is written after it runs)" if r["chapter"] == this_page else ""
+        table.append([r["chapter"], r["profile"], r["device"], format_seconds(r["seconds"]), r["commit"] or "-",
+                      r["date"], note])
+        last = i + 1 == len(rows) or rows[i + 1]["chapter"] != r["chapter"]
+        if last and r["chapter"] in extra:
+            table.append(extra.pop(r["chapter"]))
+    table += list(extra.values())
+    return markdown_table(["notebook", "profile", "device", "wall time", "commit", "date", "note"], table)
+
+
+def appendix_times_log(root: str | Path):
+    """The execution-statistics appendix's table, from the repository at ``root``: :func:`notebook_times_log` of
+    ``results/execution_times.json``, with that page's own rows marked as its previous execution and the
+    CIFAR-10 run that the ``cifar10`` chapter loads at ``full`` (``results/cifar/full.json``) added with its own
+    training time. The appendix and the test that keeps it current both call this."""
+    root = Path(root)
+    return notebook_times_log(root / "results" / "execution_times.json", this_page="execution_statistics",
+                              training_runs={"cifar10": root / "results" / "cifar" / "full.json"})
 
 
 def format_seconds(s: float) -> str:

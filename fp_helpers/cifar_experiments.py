@@ -8,8 +8,9 @@ random start, in ``norm`` at radius ``eps``); (c') the same with PGD training (`
 ``eps/4``, for ``pgd_ft_epochs`` epochs: a PGD-7 epoch costs four FGSM-RS epochs, so fewer of them);
 (c'') the same as (c) in the other norm (l2 when ``norm`` is l-inf) at its radius ``other_eps``; (d) the
 same as (c) but every conv / linear weight restricted to ``W_clean + A B`` of rank r, batch norm trained
-(``lowrank_train_bn``), and a control of (d) at the largest rank with batch norm frozen, at the learning
-rates ``frozen_bn_lrs``. Radii default to the norm's standard one (l-inf 8/255, l2 0.5).
+(``lowrank_train_bn``), with two controls: batch norm alone trained as in (d), without the factors
+(``bn_only_control``), and the largest rank with batch norm frozen, at the learning rates ``frozen_bn_lrs``.
+Radii default to the norm's standard one (l-inf 8/255, l2 0.5).
 
 All are evaluated with the same PGD (``eval_pgd_steps`` steps, ``eval_restarts`` starts) on the same test
 images, in the norm they were trained for ((c'') and, as its baseline, (a) in the other norm); the weights
@@ -63,6 +64,7 @@ class CifarConfig:
     ft_lr: float = 0.05
     lowrank_lr: float = 0.05
     lowrank_train_bn: bool = True  # BatchNorm scale/shift/statistics trained in (d)
+    bn_only_control: bool = True  # control of (d): batch norm alone trained (no low-rank factors), as in (d)
     attack: str = "fgsm_rs"  # training attack of (b), (c), (c''), (d)
     norm: str = "linf"
     eps: float | None = None  # None: the norm's standard radius (linf 8/255, l2 0.5)
@@ -117,8 +119,9 @@ class CifarConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        if not isinstance(self.lowrank_train_bn, bool):
-            raise ValueError(f"lowrank_train_bn must be True or False, got {self.lowrank_train_bn!r}")
+        for name in ("lowrank_train_bn", "bn_only_control"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_norm(self.norm)
         for name, norm in (("eps", self.norm), ("other_eps", self.other_norm)):
             v = getattr(self, name)
@@ -320,7 +323,7 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
             res[key]["history"] = hists[key]
     if cfg.other_norm_epochs:  # the clean model attacked in the other norm: the baseline of (c'')
         res["clean_other"] = {**evaluate(clean, "clean_other", other=True), "model": "clean"}
-    low = {}
+    low, controls = {}, {}
     for r in cfg.ranks:
         lr_model = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
                                      train_bn=cfg.lowrank_train_bn)
@@ -330,6 +333,12 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
                               "trainable_params": sum(p.numel() for p in lr_model.parameters() if p.requires_grad),
                               "low_rank_params": sum(p.numel() for p in cm.low_rank_parameters(lr_model)),
                               "full_params": sum(p.numel() for p in clean.parameters())}
+    if cfg.bn_only_control:  # control: batch norm alone, trained as in (d) (what the factors are not needed for)
+        bn_only = cm.batchnorm_only(copy.deepcopy(clean))
+        h = train(bn_only, "lowrank", "bn_only")
+        controls["bn_only"] = bn_only  # saved after the low-rank models (model_keys' order)
+        res["bn_only"] = {**evaluate(bn_only, "bn_only"), "rank": 0, "history": h,
+                          "trainable_params": sum(p.numel() for p in bn_only.parameters() if p.requires_grad)}
     for lr in cfg.frozen_bn_lrs:  # control: the largest rank with batch norm frozen (statistics of clean inputs)
         r, key = cfg.frozen_bn_rank, frozen_bn_key(cfg.frozen_bn_rank, lr)
         m = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
@@ -361,7 +370,7 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
     stamp(result, "cifar", cfg, profile, dev, extra_args=("--data", str(given)) if given is not None else ())
     ck.done()
     if keep_models:
-        result["_models"] = {**models, **{f"lowrank_{r}": m for r, m in low.items()}}
+        result["_models"] = {**models, **{f"lowrank_{r}": m for r, m in low.items()}, **controls}
         result["_perturbations"] = pert
         result["_x"] = x_te[:16]
     return result
@@ -386,6 +395,8 @@ def experiment_label(key: str, ev: dict) -> str:
         return f"(d) low rank r={ev['rank']}, from clean"
     if key.startswith("frozen_bn_"):
         return f"control: (d) r={ev['rank']} with batch norm frozen, lr={ev['lr']:g}"
+    if key == "bn_only":
+        return "control: (d) batch norm only, no low-rank factors"
     label = LABELS[key]
     return label.replace("other norm", ev["norm"]) if key in ("clean_other", "adv_from_clean_other") else label
 
@@ -398,7 +409,7 @@ def accuracy_rows(result: dict, controls: bool = False) -> list[dict]:
     ``seconds`` (training wall time)."""
     ex = result["experiments"]
     order = ["clean", "clean_other", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other"]
-    order += sorted((k for k in ex if k.startswith("lowrank_")), key=lambda k: ex[k]["rank"]) + ["init"]
+    order += sorted((k for k in ex if k.startswith("lowrank_")), key=lambda k: ex[k]["rank"]) + ["bn_only", "init"]
     if controls:
         order = [k for k in ex if k.startswith("frozen_bn_")]
     rows = []
@@ -465,10 +476,11 @@ MODEL_KEYS = ("init", "clean", "adv_scratch", "adv_from_clean")
 
 
 def model_keys(cfg: CifarConfig) -> list[str]:
-    """The models a run of ``cfg`` saves: (a)-(c), (c') and (c'') when run, and (d) for every rank."""
+    """The models a run of ``cfg`` saves: (a)-(c), (c') and (c'') when run, (d) for every rank, and the
+    batch-norm-only control when run."""
     keys = list(MODEL_KEYS)
     keys += ["adv_from_clean_pgd"] * bool(cfg.pgd_ft_epochs) + ["adv_from_clean_other"] * bool(cfg.other_norm_epochs)
-    return keys + [f"lowrank_{r}" for r in cfg.ranks]
+    return keys + [f"lowrank_{r}" for r in cfg.ranks] + ["bn_only"] * cfg.bn_only_control
 
 
 def save_run(result: dict, folder) -> None:
@@ -579,3 +591,270 @@ def load_or_run(cfg: CifarConfig, folder=None, save: bool = False, recompute_sta
     if save and folder is not None:
         save_run(result, folder)
     return result
+
+
+# ------------------------------------------------------------------------------------------------ the chapter's analyses
+# Functions for the chapter that work on a finished (usually loaded) run; none is called by run_cifar, so changing
+# them does not change the fingerprint of the saved run.
+
+
+def describe_run(result: dict, cfg: CifarConfig) -> str:
+    """One line for the chapter's set-up output: model, device, image counts, training and evaluation attacks and,
+    for a loaded run, where it was loaded from and when it was made."""
+    from .book import portable_paths
+
+    text = (f"{result['model']} on {result['device']} | {result['n_train']} training images, {result['n_holdout']} "
+            f"held out, {result['n_test']} test images | training attack of (b), (c), (d): "
+            f"{cfg.train_config('ft').describe()} | evaluation: {result['attack']}; (c''): {result['attack_other']}")
+    if "loaded_from" in result:
+        text += f" | loaded from {result['loaded_from']} (made {result['provenance']['date']})"
+    return portable_paths(text)
+
+
+def evaluation_images(cfg: CifarConfig, data_dir=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images (float in [0, 1]) and labels that :func:`run_cifar` evaluates on for ``cfg``: the first
+    ``min(eval_n, test images)`` test images of the data (after the config's subset). Raises the loader's
+    ``FileNotFoundError`` (naming where to put the data) when CIFAR-10 is not found."""
+    from .cifar_train import _as_float
+
+    cfg = cfg.validate()
+    data = cifar.load_cifar10(data_dir)
+    if cfg.n_train or cfg.n_test:
+        data = cifar.subset(data, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
+    n = min(cfg.eval_n, data.n_test)
+    dev = get_device(device)
+    return _as_float(data.x_test[:n].to(dev)), data.y_test[:n].to(dev)
+
+
+LOSSES = ("ce", "margin")
+
+
+def _ascent_direction(model, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the loss to increase (cross-entropy, or minus the margin ``logit_y - max_{j != y} logit_j``
+    of Carlini and Wagner) and the margins at ``x``."""
+    from .attacks import _margins_from_scores, gradient_and_margins
+
+    if loss == "ce":
+        return gradient_and_margins(model, x, y)
+    with torch.enable_grad():
+        xr = x.detach().clone().requires_grad_(True)
+        m = _margins_from_scores(model(xr), y)
+        (g,) = torch.autograd.grad(-m.sum(), xr)
+    return g, m.detach()
+
+
+def fixed_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf", steps: int = 20,
+              step_size: float | None = None, loss: str = "ce", random_start: bool = False,
+              generator: torch.Generator | None = None, stop_when_broken: bool = False,
+              clip: tuple[float, float] | None = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """PGD with a fixed budget: ``steps`` steps of ``step_size`` (default ``2.5 eps / steps``) along the
+    steepest-ascent direction of ``loss`` (``"ce"`` or ``"margin"``), each followed by the projection onto the
+    ``norm`` ball of radius ``eps`` and onto ``clip``; from ``x`` or, with ``random_start``, a uniform point of
+    the ball. Unlike :func:`fp_helpers.attacks.pgd` every step is taken, also after a point is misclassified,
+    and the last iterate is returned (a perturbation of the attack's full size, not the first one that
+    succeeds). Returns ``(x_adv, broken)``: the last iterates and, per point, whether any iterate (the start
+    and the last included) was misclassified. ``stop_when_broken``: a point stops being attacked once broken
+    (cheaper, for accuracies only; its ``x_adv`` is then the breaking iterate)."""
+    from .attacks import _check_eps, _clip, _project, _random_start, _unit
+
+    eps, norm = _check_eps(eps), check_norm(norm)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    alpha = 2.5 * eps / steps if step_size is None else float(step_size)
+    delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+    x_adv = _clip(x + delta, clip).detach()
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    idx = torch.arange(x.shape[0], device=x.device)
+    for step in range(steps + 1):
+        if idx.numel() == 0:
+            break
+        xs = x_adv[idx]
+        if step < steps:
+            g, m = _ascent_direction(model, xs, y[idx], loss)
+        else:
+            from .attacks import margins
+            m = margins(model, xs, y[idx])
+        broken[idx] |= m <= 0
+        if step == steps:
+            break
+        if stop_when_broken:
+            keep = m > 0
+            idx, xs, g = idx[keep], xs[keep], g[keep]
+        d = _project(xs - x[idx] + alpha * _unit(g, norm), eps, norm)
+        x_adv[idx] = _clip(x[idx] + d, clip).detach()
+    return x_adv, broken
+
+
+def full_budget_perturbations(model, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, steps: int = 20,
+                              loss: str = "ce") -> torch.Tensor:
+    """The perturbations ``x_adv - x`` of :func:`fixed_pgd` at the run's norm and radius: every one of ``steps``
+    steps taken (no early stop), from the image itself, clipped to images in [0, 1]. In l-inf their size is the
+    radius wherever clipping allows (sign steps of ``2.5 eps / steps`` saturate the box)."""
+    model.eval()
+    xa, _ = fixed_pgd(model, x, y, cfg.radius, cfg.norm, steps=steps, loss=loss)
+    return (xa - x).detach()
+
+
+def perturbation_analysis(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, steps: int = 20) -> dict:
+    """Full-budget perturbations (:func:`full_budget_perturbations`) of each model in ``models``, on the images of
+    ``x`` that every one of them classifies correctly (an image already misclassified has no perturbation to
+    show). Returns ``x``, ``y`` and ``delta`` (per model) of those images, ``n_used`` of ``n_total`` images,
+    per model the median l-inf size (``linf``), the median share of spectral energy above half the Nyquist
+    frequency (``highfreq``) and the share of images the perturbation misclassifies (``success``)."""
+    from .attacks import margins
+
+    ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for m in models.values():
+        m.eval()
+        ok &= margins(m, x, y) > 0
+    xs, ys = x[ok], y[ok]
+    out = {"x": xs, "y": ys, "n_used": int(ok.sum()), "n_total": int(x.shape[0]), "steps": steps, "delta": {},
+           "linf": {}, "highfreq": {}, "success": {}}
+    if out["n_used"] == 0:
+        raise ValueError(f"none of the {x.shape[0]} images is classified correctly by every model; give more images")
+    for name, m in models.items():
+        d = full_budget_perturbations(m, xs, ys, cfg, steps=steps)
+        out["delta"][name] = d
+        out["linf"][name] = d.flatten(1).abs().amax(1).median().item()
+        out["highfreq"][name] = pur.spectral_energy_share(d, 0.25).median().item()
+        out["success"][name] = (margins(m, xs + d, ys) <= 0).float().mean().item()
+    return out
+
+
+def standard_error(acc: float, n: int) -> float:
+    """Binomial standard error ``sqrt(acc (1 - acc) / n)`` of an accuracy measured on ``n`` images."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (images), got {n!r}")
+    return math.sqrt(acc * (1 - acc) / n)
+
+
+def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, strong_steps: int = 100,
+                    strong_restarts: int = 3) -> dict:
+    """How strong the run's evaluation attack is, on the images ``x``: per model of ``models`` (label -> model),
+    clean accuracy and accuracy under FGSM (one step of size eps), the run's PGD (``eval_pgd_steps`` steps,
+    ``eval_restarts`` starts, cross-entropy, :func:`fp_helpers.attacks.pgd`), a stronger PGD with the margin
+    (Carlini-Wagner) loss (``strong_steps`` steps, ``strong_restarts`` starts: the image, then random points;
+    :func:`fixed_pgd`), and the worst case over all three per image. ``ordered`` is True when, for every model,
+    FGSM >= run's PGD >= worst case and the stronger attack is not above the run's PGD by more than two
+    standard errors; ``max_gap`` is the largest drop from the run's PGD to the worst case."""
+    from .attacks import fgm, margins, pgd
+
+    n, eps, norm = int(x.shape[0]), cfg.radius, cfg.norm
+    rows, ordered, gaps = [], True, []
+    for label, m in models.items():
+        m.eval()
+        correct = margins(m, x, y) > 0
+        fg = margins(m, fgm(m, x, y, eps, norm, clip=(0.0, 1.0)), y) > 0
+        g = torch.Generator(device=x.device).manual_seed(cfg.seed + 99)
+        run = margins(m, pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, restarts=cfg.eval_restarts, generator=g,
+                             clip=(0.0, 1.0)), y) > 0
+        strong = correct.clone()
+        g = torch.Generator(device=x.device).manual_seed(cfg.seed + 123)
+        for r in range(strong_restarts):
+            idx = strong.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            _, broken = fixed_pgd(m, x[idx], y[idx], eps, norm, strong_steps, loss="margin", random_start=r > 0,
+                                  generator=g, stop_when_broken=True)
+            strong[idx[broken]] = False
+        worst = correct & fg & run & strong
+        acc = {k: v.float().mean().item() for k, v in
+               (("clean", correct), ("fgsm", fg), ("pgd_run", run), ("strong", strong), ("worst", worst))}
+        se = standard_error(acc["pgd_run"], n)
+        ordered &= acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"] + 2 * se
+        gaps.append(acc["pgd_run"] - acc["worst"])
+        rows.append({"model": label, **acc, "se_pgd_run": se})
+    se_max = standard_error(0.5, n)
+    verdict = (f"within two standard errors ({2 * se_max:.3f} at most on {n} images) of the run's PGD: at this scale "
+               f"the evaluation attack is not far from the stronger one (no attack gives a certified bound)"
+               if max(gaps) <= 2 * se_max else
+               f"more than two standard errors ({2 * se_max:.3f} at most on {n} images) below the run's PGD: the "
+               f"table's PGD accuracies overstate robustness")
+    return {"n": n, "rows": rows, "ordered": bool(ordered), "max_gap": max(gaps), "verdict": verdict,
+            "fgsm": f"FGSM, {norm}, one step of eps",
+            "pgd_run": f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, cross-entropy (the run's evaluation)",
+            "strong": f"PGD-{strong_steps} x{strong_restarts}, margin (CW) loss"}
+
+
+def cosine_bounds(result: dict) -> dict:
+    """How much of the high cosine between (c) and the clean weights the relative change alone forces: if
+    ``||W - W_clean|| <= r ||W_clean||`` then the angle's sine is at most ``r``, so ``cos >= sqrt(1 - r^2)``
+    (for ``r < 1``). Per layer of (c): ``cos`` (observed), ``rel_change``, ``bound`` and ``excess = cos - bound``;
+    ``bound_median`` (the bound at the median relative change), ``max_excess`` over layers, and per run started
+    from the clean model (``runs``: key -> median cosine, median relative change and the bound from it), with
+    the largest ``|cos - bound|`` (``runs_max_deviation``) and median relative change (``runs_max_rel_change``)
+    over those runs, the frozen-batch-norm controls left out."""
+    def bound(r):
+        return math.sqrt(max(0.0, 1 - r * r))
+
+    layers = [{"layer": r["layer"], "cos": r["cos_clean_ft"], "rel_change": r["rel_change_ft"],
+               "bound": bound(r["rel_change_ft"]), "excess": r["cos_clean_ft"] - bound(r["rel_change_ft"])}
+              for r in result["layers"]]
+    runs_ = {k: {"cos": v["cos_clean_median"], "rel_change": v["rel_change_median"],
+                 "bound": bound(v["rel_change_median"])}
+             for k, v in result["experiments"].items() if "cos_clean_median" in v and "rel_change_median" in v}
+    med = result["layer_medians"]["rel_change_ft"]
+    return {"layers": layers, "bound_median": bound(med), "max_excess": max(r["excess"] for r in layers),
+            "min_excess": min(r["excess"] for r in layers), "runs": runs_,
+            "runs_max_deviation": max((abs(v["cos"] - v["bound"]) for k, v in runs_.items()
+                                       if not k.startswith("frozen_bn_")), default=float("nan")),
+            "runs_max_rel_change": max((v["rel_change"] for k, v in runs_.items() if not k.startswith("frozen_bn_")),
+                                       default=float("nan"))}
+
+
+def lowrank_summary(result: dict) -> dict:
+    """The low-rank section's numbers: table ``rows`` (rank, parameters in A and B, trainable parameters, clean and
+    PGD accuracy, median cosine with the clean weights; the full run (c) last), the ``best`` and ``worst`` rank by
+    PGD accuracy (ties: the smaller rank is the better one), ``best_ranks`` (every rank tied with the best, as
+    text), ``cmp`` (best vs worst) and ``cmp_full`` (best vs (c)) at two standard errors, and ``share`` (best PGD
+    accuracy over that of (c))."""
+    ex, n = result["experiments"], result["n_test"]
+    low = sorted((v for k, v in ex.items() if k.startswith("lowrank_")), key=lambda v: v["rank"])
+    if not low:
+        raise ValueError("the result has no low-rank run (lowrank_<r> experiments)")
+    full = ex["adv_from_clean"]
+    rows = [[v["rank"], v["low_rank_params"], v["trainable_params"], v["clean_acc"], v["robust_acc"],
+             v["cos_clean_median"]] for v in low]
+    rows.append(["full (c)", low[0]["full_params"], low[0]["full_params"], full["clean_acc"], full["robust_acc"],
+                 full["cos_clean_median"]])
+    ranked = sorted(low, key=lambda v: (v["robust_acc"], -v["rank"]))
+    best, worst = ranked[-1], ranked[0]
+    out = {"rows": rows, "best": best, "worst": worst,
+           "best_ranks": " and ".join(str(v["rank"]) for v in low if v["robust_acc"] == best["robust_acc"]),
+           "cmp": compare_accuracies(best["robust_acc"], worst["robust_acc"], n),
+           "cmp_full": compare_accuracies(best["robust_acc"], full["robust_acc"], n),
+           "share": best["robust_acc"] / max(full["robust_acc"], 1e-9), "bn_only": None}
+    bn = ex.get("bn_only")
+    if bn is not None:  # the control: batch norm alone, trained as (d)
+        rows.insert(len(low), ["0 (batch norm only)", 0, bn["trainable_params"], bn["clean_acc"], bn["robust_acc"],
+                               bn.get("cos_clean_median", 1.0)])
+        cmp_bn = compare_accuracies(best["robust_acc"], bn["robust_acc"], n)
+        verdict = {
+            "about the same as": "so the low-rank factors add no robustness that this run can measure beyond what "
+                                 "adapting batch norm gives; it does not support the low-rank claim",
+            "higher than": "so the low-rank factors do add robustness beyond what adapting batch norm gives",
+            "lower than": "so adapting batch norm alone does better, and the factors' gain is not measurable here",
+        }[cmp_bn]
+        out.update(bn_only=bn, cmp_bn=cmp_bn, bn_verdict=verdict,
+                   bn_share=bn["robust_acc"] / max(full["robust_acc"], 1e-9))
+    return out
+
+
+def historical_frozen_bn(path) -> dict | None:
+    """The earlier frozen-batch-norm run kept in ``path`` (a historical record, read with its provenance), or
+    ``None`` when the file is missing: the ``result``, its learning rate ``lr``, the best clean and PGD accuracy
+    of its low-rank runs (``max_clean``, ``max_robust``) and a one-line ``note`` of when and by what it was made."""
+    from .book import portable_paths
+    from .provenance import load_result
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    old = load_result(path, historical=True)
+    runs_ = [v for k, v in old["experiments"].items() if k.startswith("lowrank_")]
+    return {"result": old, "lr": old["config"]["lowrank_lr"], "max_clean": max(v["clean_acc"] for v in runs_),
+            "max_robust": max(v["robust_acc"] for v in runs_),
+            "note": (f"earlier frozen-batch-norm run: made {old['provenance']['date']} by fp_helpers commit "
+                     f"{old['provenance']['commit']} | {portable_paths(old['data'])}")}

@@ -34,7 +34,7 @@ from .cifar import CIFAR_MEAN, CIFAR_STD, Normalize
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "Normalize", "PreActResNet", "PreActResNet18", "SmallResNet", "make_model",
            "channels_last_safe", "count_parameters", "named_weight_matrices", "first_layer_weight", "LowRankDelta", "FrozenBatchNorm2d",
-           "apply_low_rank", "is_low_rank", "low_rank_parameters", "clean_weights", "effective_weights",
+           "apply_low_rank", "batchnorm_only", "is_low_rank", "low_rank_parameters", "clean_weights", "effective_weights",
            "low_rank_updates"]
 
 
@@ -266,6 +266,25 @@ def apply_low_rank(model: nn.Module, rank: int, generator: torch.Generator | Non
                 m.eval()
     for _, m in layers:
         parametrize.register_parametrization(m, "weight", LowRankDelta(m.weight.detach(), rank, generator))
+    return model
+
+
+def batchnorm_only(model: nn.Module) -> nn.Module:
+    """Turn ``model`` (in place) into the batch-norm-only control of low-rank fine-tuning and return it: every
+    conv / linear weight and bias is frozen, and only the BatchNorm scales and shifts train (their running
+    statistics update in train mode), exactly the batch-norm part of ``apply_low_rank(..., train_bn=True)``
+    without the rank-r updates. What this control reaches under adversarial training is the share of low-rank
+    fine-tuning's gain that the factors are not needed for."""
+    if is_low_rank(model):
+        raise ValueError("model is in low-rank mode; the batch-norm-only control starts from the clean model")
+    bns = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    if not bns:
+        raise ValueError(f"model {type(model).__name__} has no BatchNorm2d layer to train")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in bns:
+        for p in m.parameters():
+            p.requires_grad_(True)
     return model
 
 

@@ -46,7 +46,8 @@ def training_curves(histories: Mapping[str, "object"], keys: Sequence[tuple[str,
     return fig
 
 
-def robust_curves(curves: Mapping[str, tuple], tau: float | None = None, xlabel: str = r"$\ell_2$ radius $r$"):
+def robust_curves(curves: Mapping[str, tuple], tau: float | None = None, xlabel: str = r"$\ell_2$ radius $r$",
+                  ylabel: str = "robust accuracy (PGD)"):
     """Robust accuracy vs radius. ``curves[name] = (radii, accs)`` with ``accs`` of shape (radii,) or
     (seeds, radii); several seeds are drawn as mean +- one standard deviation."""
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
@@ -62,7 +63,7 @@ def robust_curves(curves: Mapping[str, tuple], tau: float | None = None, xlabel:
         ax.axvline(tau, color="k", ls=":", lw=1)
         ax.text(tau, 0.02, r" $\tau$", fontsize=9)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("robust accuracy (PGD)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -276,7 +277,7 @@ def lowrank_study(study: Mapping, refs: Mapping[str, float] | None = None):
     for (name, level), ls in zip((refs or {}).items(), (":", "-.", "--")):
         a1.axhline(level, color="0.35", lw=1, ls=ls, label=name)
     a1.set(xscale="log", xlabel="rank r", ylabel="accuracy", ylim=(0, 1.02), title="rank-r updates")
-    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     fig.tight_layout()
     return fig
 
@@ -295,6 +296,6 @@ def principle_trajectory(history: Sequence[Mapping], title: str | None = None):
     ax.plot(steps, [r["cos_init_median"] for r in rows], "^--", color=PALETTE["init"], label="median |cos(w, w0)|")
     ax.axhline(0.5, color="k", lw=0.6, ls=":", label="0.5: the principle holds for half the neurons")
     ax.set(xlabel="FGM steps from the clean network", ylabel="accuracy, share or |cos|", ylim=(0, 1.02), title=title)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     fig.tight_layout()
     return fig

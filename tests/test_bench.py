@@ -256,3 +256,33 @@ def test_readme_benchmark_table_is_the_one_the_results_give():
     assert want in (root / "README.md").read_text(), (
         "README.md's benchmark table differs from results/bench/*.json; regenerate it with the command above it:\n"
         + want)
+
+
+def test_notebook_times_log_marks_this_page_and_adds_the_training_run(tmp_path):
+    log = {
+        "cifar10@full@cpu": {"notebook": "book/cifar10.ipynb", "profile": "full", "device": "CPU (x86_64, 2 threads)",
+                             "seconds": 12.0, "date": "2026-12-01", "commit": "abc"},
+        "execution_statistics@full@cpu": {"notebook": "book/execution_statistics.ipynb", "profile": "full",
+                                          "device": "CPU (x86_64, 2 threads)", "seconds": 7.0, "date": "2026-12-01",
+                                          "commit": "abc"},
+        "theory@full@cpu": {"notebook": "book/theory.ipynb", "profile": "full", "device": "CPU (x86_64, 2 threads)",
+                            "seconds": 8.0, "date": "2026-12-01", "commit": "abc"},
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(log))
+    run = tmp_path / "full.json"
+    run.write_text(json.dumps({"seconds": 2520.4, "device": "cpu",
+                               "environment": {"device_name": "CPU (x86_64, 1 threads)", "profile": "full"},
+                               "provenance": {"commit": "def", "date": "2026-11-30T20:00:00Z", "profile": "full"}}))
+    md = bench.notebook_times_log(path, this_page="execution_statistics",
+                                  training_runs={"cifar10": run, "missing": tmp_path / "none.json"}).data.splitlines()
+    assert md[0].endswith("| note |")
+    body = [line.split(" | ") for line in md[2:]]
+    assert [r[0].lstrip("| ") for r in body] == ["theory", "cifar10", "cifar10 (training run)", "execution_statistics"]
+    training = body[2]
+    assert training[3] == "42.0 min" and training[4] == "def" and training[5] == "2026-11-30"
+    assert "not part of the notebook's time" in training[6]
+    assert "previous execution" in body[3][6] and all("previous" not in "".join(r) for r in body[:3])
+    # without the new arguments: the same rows as before, no notes
+    plain = bench.notebook_times_log(path).data.splitlines()
+    assert len(plain) == 5 and all(line.endswith("|  |") for line in plain[2:])

@@ -42,7 +42,7 @@ def test_appendix_table_of_execution_times_is_what_results_give():
             if md.startswith("| notebook | profile |"):
                 shown = md
     assert shown is not None, "the appendix has no committed table of execution times"
-    expected = bench.notebook_times_log(root / "results" / "execution_times.json").data
+    expected = bench.appendix_times_log(root).data
 
     def others(md):
         return [line for line in md.splitlines() if not line.startswith("| execution_statistics |")]

@@ -1,6 +1,7 @@
 """The CIFAR-10 experiment: layer table, frequency analysis, save / load, CLI, bad input."""
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_profiles_evaluate_with_the_issue_attacks():
     assert full.train_config("pgd_ft").describe() == "PGD-7 (random start), linf, eps=8/255, alpha=2/255"
     assert full.train_config("other_ft").describe() == "FGSM-RS, l2, eps=0.5, alpha=0.625"
     assert model_keys(cifar_config("quick", ["pgd_ft_epochs=0", "other_norm_epochs=0"])) == [
-        "init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_4"]
+        "init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_4", "bn_only"]
+    assert "bn_only" not in model_keys(cifar_config("quick", ["bn_only_control=false"]))
 
 
 @needs_subset
@@ -90,7 +92,7 @@ def test_run_cifar_reports_every_experiment(tiny_run):
     ex = r["experiments"]
     frozen = frozen_bn_key(2, 0.01)
     assert list(ex) == ["init", "clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd",
-                        "adv_from_clean_other", "clean_other", "lowrank_1", "lowrank_2", frozen]
+                        "adv_from_clean_other", "clean_other", "lowrank_1", "lowrank_2", "bn_only", frozen]
     for key in ex:
         assert 0 <= ex[key]["robust_acc"] <= ex[key]["clean_acc"] <= 1, key
     # the attacks: the main norm at 8/255, the other norm (and its clean baseline) at l2 0.5
@@ -113,6 +115,12 @@ def test_run_cifar_reports_every_experiment(tiny_run):
     assert ex["lowrank_1"]["trainable_params"] < ex["lowrank_2"]["trainable_params"] < ex["lowrank_1"]["full_params"]
     # BatchNorm is trained in low-rank mode (lowrank_train_bn), on top of the rank-r factors
     assert ex["lowrank_1"]["low_rank_params"] < ex["lowrank_1"]["trainable_params"]
+    # the batch-norm-only control trains exactly the batch-norm part of (d): the same optimiser and schedule
+    assert ex["bn_only"]["trainable_params"] == ex["lowrank_1"]["trainable_params"] - ex["lowrank_1"]["low_rank_params"]
+    assert ex["bn_only"]["history"]["config"] == ex["lowrank_1"]["history"]["config"]
+    bn_model, clean_model = r["_models"]["bn_only"], r["_models"]["clean"]
+    assert all(torch.equal(w, dict(cm.named_weight_matrices(clean_model))[n])
+               for n, w in cm.named_weight_matrices(bn_model))  # every conv / linear weight is the clean one
     names = [row["layer"] for row in r["layers"]]
     assert names[0] == "conv1" and names[-1] == "linear"
     # the low-rank models are rank-r updates of the clean model
@@ -185,3 +193,174 @@ def test_saved_run_with_other_data_or_model_is_refused(tiny_run, tmp_path):
     (tmp_path / "run" / "clean.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="incomplete or corrupted"):
         load_run(tmp_path / "run", cfg, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ the chapter's analyses
+
+def _toy_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 10)).eval()
+
+
+def _toy_batch(model, n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = 0.2 + 0.6 * torch.rand(n, 3, 8, 8, generator=g)  # away from 0 and 1: clipping never binds
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point classified correctly
+    return x, y
+
+
+def test_full_budget_perturbations_use_the_whole_radius_and_beat_one_step():
+    from fp_helpers.attacks import margins, pgd
+    from fp_helpers.cifar_experiments import full_budget_perturbations
+
+    cfg = cifar_config("quick")
+    model = _toy_model()
+    x, y = _toy_batch(model)
+    d = full_budget_perturbations(model, x, y, cfg, steps=20)
+    assert torch.allclose(d.flatten(1).abs().amax(1), torch.full((x.shape[0],), cfg.radius), atol=1e-6)
+    # the early-stopping PGD keeps the first misclassifying iterate: often a single step of 2.5 eps / 20
+    early = pgd(model, x, y, cfg.radius, "linf", steps=20, clip=(0.0, 1.0)) - x
+    assert (early.flatten(1).abs().amax(1) < cfg.radius - 1e-6).any()
+    one_step = full_budget_perturbations(model, x, y, cfg, steps=1)  # one step of 2.5 eps, clipped to eps
+    one_small = (x + 2.5 * cfg.radius / 20 * d.sign()).clamp(0, 1) - x
+    m_full, m_one = margins(model, x + d, y), margins(model, x + one_small, y)
+    assert (m_full <= m_one + 1e-5).all() and m_full.mean() < m_one.mean()
+    assert m_full.mean() <= margins(model, x + one_step, y).mean() + 1e-5
+    # near the border of [0, 1] the perturbation is clipped, never beyond the radius
+    xb = torch.zeros_like(x)
+    db = full_budget_perturbations(model, xb, y, cfg, steps=20)
+    assert (db >= 0).all() and db.abs().max() <= cfg.radius + 1e-6
+
+
+def test_fixed_pgd_flags_broken_points_and_rejects_bad_input():
+    from fp_helpers.attacks import margins
+    from fp_helpers.cifar_experiments import fixed_pgd
+
+    model = _toy_model()
+    x, y = _toy_batch(model)
+    for loss in ("ce", "margin"):
+        xa, broken = fixed_pgd(model, x, y, 0.5, "linf", steps=10, loss=loss)
+        assert torch.equal(broken[margins(model, xa, y) <= 0], torch.ones_like(broken[margins(model, xa, y) <= 0]))
+        assert broken.any()
+    _, none = fixed_pgd(model, x, y, 0.0, "linf", steps=3)
+    assert not none.any()
+    with pytest.raises(ValueError, match="unknown loss"):
+        fixed_pgd(model, x, y, 0.1, loss="hinge")
+    with pytest.raises(ValueError, match="steps"):
+        fixed_pgd(model, x, y, 0.1, steps=0)
+
+
+def test_perturbation_analysis_uses_only_images_every_model_gets_right():
+    from fp_helpers.cifar_experiments import perturbation_analysis
+
+    cfg = cifar_config("quick")
+    a, b = _toy_model(0), _toy_model(1)
+    x, y = _toy_batch(a, n=40)
+    with torch.no_grad():
+        both = (b(x).argmax(1) == y)
+    out = perturbation_analysis({"a": a, "b": b}, x, y, cfg, steps=10)
+    assert out["n_total"] == 40 and out["n_used"] == int(both.sum()) and torch.equal(out["x"], x[both])
+    for k in ("a", "b"):
+        assert out["delta"][k].shape == out["x"].shape
+        assert out["linf"][k] == pytest.approx(cfg.radius, abs=1e-6)
+        assert 0 <= out["highfreq"][k] <= 1 and 0 <= out["success"][k] <= 1
+    with pytest.raises(ValueError, match="none of the"):
+        perturbation_analysis({"a": a}, x[:3], (y[:3] + 1) % 10, cfg)
+
+
+def test_attack_strength_orders_the_attacks():
+    from fp_helpers.cifar_experiments import attack_strength, standard_error
+
+    cfg = cifar_config("quick", ["eps=0.1"])
+    model = _toy_model()
+    x, y = _toy_batch(model, n=48)
+    out = attack_strength({"toy": model}, x, y, cfg, strong_steps=20, strong_restarts=2)
+    r = out["rows"][0]
+    assert out["n"] == 48 and r["clean"] == 1.0
+    assert r["worst"] <= min(r["fgsm"], r["pgd_run"], r["strong"]) and r["pgd_run"] <= r["fgsm"]
+    assert out["ordered"] and out["max_gap"] == pytest.approx(r["pgd_run"] - r["worst"])
+    assert r["se_pgd_run"] == pytest.approx(standard_error(r["pgd_run"], 48))
+    assert standard_error(0.5, 100) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="positive int"):
+        standard_error(0.5, 0)
+
+
+def _fake_result():
+    layers = [{"layer": "a", "cos_clean_ft": math.sqrt(1 - 0.3 ** 2), "rel_change_ft": 0.3},
+              {"layer": "b", "cos_clean_ft": 0.99, "rel_change_ft": 0.2}]
+    lr = lambda r, acc: {"rank": r, "robust_acc": acc, "clean_acc": 0.4, "low_rank_params": 10 * r,
+                         "trainable_params": 10 * r + 5, "cos_clean_median": 0.99, "full_params": 100,
+                         "rel_change_median": 0.1}
+    return {"n_test": 500, "layers": layers, "layer_medians": {"rel_change_ft": 0.25},
+            "experiments": {"clean": {"robust_acc": 0.0, "clean_acc": 0.7},
+                            "adv_from_clean": {"robust_acc": 0.2, "clean_acc": 0.5, "cos_clean_median": 0.97,
+                                               "rel_change_median": 0.25},
+                            "lowrank_1": lr(1, 0.17), "lowrank_4": lr(4, 0.18), "lowrank_8": lr(8, 0.18)}}
+
+
+def test_cosine_bounds_are_the_bound_the_relative_change_forces():
+    from fp_helpers.cifar_experiments import cosine_bounds
+
+    out = cosine_bounds(_fake_result())
+    assert out["bound_median"] == pytest.approx(math.sqrt(1 - 0.25 ** 2))
+    a, b = out["layers"]
+    assert a["bound"] == pytest.approx(a["cos"]) and a["excess"] == pytest.approx(0, abs=1e-12)
+    assert b["bound"] == pytest.approx(math.sqrt(1 - 0.04)) and out["max_excess"] == pytest.approx(b["excess"])
+    assert set(out["runs"]) == {"adv_from_clean", "lowrank_1", "lowrank_4", "lowrank_8"}
+    # the bound is a true bound: a random change of relative size r never has a smaller cosine
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1000, generator=g)
+    for r in (0.1, 0.3, 0.9):
+        d = torch.randn(1000, generator=g)
+        w2 = w + r * w.norm() * d / d.norm()
+        assert torch.nn.functional.cosine_similarity(w, w2, 0) >= math.sqrt(1 - r * r) - 1e-6
+
+
+def test_lowrank_summary_picks_best_and_worst_rank():
+    from fp_helpers.cifar_experiments import lowrank_summary
+
+    out = lowrank_summary(_fake_result())
+    assert out["best"]["rank"] == 4 and out["worst"]["rank"] == 1  # a tie goes to the smaller rank
+    assert out["best_ranks"] == "4 and 8"
+    assert out["share"] == pytest.approx(0.18 / 0.2) and out["cmp"] == "about the same as"
+    assert [r[0] for r in out["rows"]] == [1, 4, 8, "full (c)"] and out["rows"][-1][1] == 100
+    assert out["bn_only"] is None
+    # with the batch-norm-only control: its row before (c), and the verdict at two standard errors
+    res = _fake_result()
+    res["experiments"]["bn_only"] = {"rank": 0, "robust_acc": 0.175, "clean_acc": 0.45, "trainable_params": 5}
+    out = lowrank_summary(res)
+    assert [r[0] for r in out["rows"]] == [1, 4, 8, "0 (batch norm only)", "full (c)"]
+    assert out["cmp_bn"] == "about the same as" and "does not support" in out["bn_verdict"]
+    res["experiments"]["bn_only"]["robust_acc"] = 0.05
+    out = lowrank_summary(res)
+    assert out["cmp_bn"] == "higher than" and "do add robustness" in out["bn_verdict"]
+    assert out["bn_share"] == pytest.approx(0.05 / 0.2)
+    res = _fake_result()
+    res["experiments"] = {k: v for k, v in res["experiments"].items() if not k.startswith("lowrank_")}
+    with pytest.raises(ValueError, match="no low-rank run"):
+        lowrank_summary(res)
+
+
+def test_historical_frozen_bn_reads_the_record_or_gives_none(tmp_path):
+    from fp_helpers.cifar_experiments import historical_frozen_bn
+
+    assert historical_frozen_bn(tmp_path / "missing.json") is None
+    path = REPO / "results" / "cifar" / "full_frozen_bn.json"
+    if path.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old = historical_frozen_bn(path)
+        assert old["lr"] > 0 and 0 <= old["max_robust"] <= old["max_clean"] + 1 and "earlier" in old["note"]
+
+
+@needs_subset
+def test_evaluation_images_are_the_ones_the_run_attacks(tiny_run):
+    from fp_helpers.cifar_experiments import describe_run, evaluation_images
+
+    cfg, res = tiny_run
+    x, y = evaluation_images(cfg, DATA, device="cpu")
+    assert x.shape[0] == res["n_test"] and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(x[:16], res["_x"].cpu())
+    assert "training images" in describe_run(res, cfg)

@@ -435,3 +435,25 @@ def test_channels_last_is_refused_where_onednn_miscomputes_it():
 
     r = subprocess.run([sys.executable, "-c", _CL_SCRIPT], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_batchnorm_only_control_trains_batch_norm_and_nothing_else():
+    """The control of low-rank fine-tuning: after adversarial training only BatchNorm scales, shifts and running
+    statistics have moved; every conv / linear weight is the clean one, bit for bit."""
+    from fp_helpers.cifar_models import batchnorm_only
+
+    torch.manual_seed(0)
+    x, y = colour_task(64)
+    clean = tiny()
+    model = batchnorm_only(copy.deepcopy(clean))
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == bn_params
+    hist = train_cifar(model, x, y, dataclasses.replace(TINY, epochs=2, attack="fgsm_rs", lr=0.1), progress=False)
+    assert hist["finished"]
+    before, after = clean.state_dict(), model.state_dict()
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved and all(".bn" in k or k.startswith("bn.") for k in moved), moved
+    assert any(k.endswith(".weight") for k in moved) and any(k.endswith("running_mean") for k in moved)
+    assert all(torch.equal(w, clean_weights(clean)[k]) for k, w in clean_weights(model).items())
+    with pytest.raises(ValueError, match="low-rank mode"):
+        batchnorm_only(apply_low_rank(tiny(), 1))
