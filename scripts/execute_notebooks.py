@@ -8,7 +8,8 @@ Appends one entry per notebook to results/execution_times.json, keyed ``chapter@
 never overwrites a CPU one): notebook, profile, device, seconds, commit, date, and the provenance block of
 fp_helpers.provenance (versions, code fingerprint, date and time, the command).
 
-The kernel inherits this environment, with three defaults: ``FP_PROGRESS=0`` (committed outputs carry no
+The kernel inherits this environment (FP_DATA_DIR, FP_CHECKPOINT_DIR and FP_CACHE made absolute: the kernel runs
+in the notebook's folder), with three defaults: ``FP_PROGRESS=0`` (committed outputs carry no
 progress bars), ``FP_CHECKPOINT_DIR=off`` (the time is the computation's, never a read of cached stage
 checkpoints) and ``FP_GLUE=1`` (``fp_helpers.book.glue`` records glued values even where myst-nb is not
 installed, e.g. on a GPU machine with only the kernel's packages).
@@ -33,6 +34,8 @@ from fp_helpers.bench import device_kind  # noqa: E402
 from fp_helpers.provenance import write_json_atomic  # noqa: E402
 
 DEFAULTS = {"FP_PROGRESS": "0", "FP_CHECKPOINT_DIR": "off", "FP_GLUE": "1"}
+# the kernels run in each notebook's folder (book/), so these are made absolute first
+PATH_VARIABLES = ("FP_DATA_DIR", "FP_CHECKPOINT_DIR", "FP_CACHE")
 
 
 def entry_key(stem: str, profile: str, device_name: str) -> str:
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     for k, v in DEFAULTS.items():
         os.environ.setdefault(k, v)
+    for k in PATH_VARIABLES:  # a path given relative to here must not be read relative to the notebook's folder
+        v = os.environ.get(k)
+        if v and v != "off" and not os.path.isabs(v):
+            os.environ[k] = os.path.abspath(v)
     log_path = Path(args.log)
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     env = runs.environment()

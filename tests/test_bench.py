@@ -235,6 +235,30 @@ def test_execute_notebooks_keys_cpu_and_gpu_runs_apart_and_time_only_leaves_the_
     assert glued and glued[0]["data"]["application/papermill.record/text/plain"] == "42"
 
 
+def test_execute_notebooks_reads_a_relative_data_dir_from_where_it_was_called(tmp_path, monkeypatch):
+    """The kernel runs in the notebook's folder (book/); FP_DATA_DIR=../shared/data/cifar10 given from the
+    repository root must still name the same folder there."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", Path(__file__).resolve().parents[1] / "scripts" / "execute_notebooks.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "book").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nprint(os.path.isdir(os.environ['FP_DATA_DIR']), os.path.isabs(os.environ['FP_DATA_DIR']))")])
+    path = tmp_path / "book" / "tiny.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FP_DATA_DIR", "data")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    assert ex.main(["--log", str(tmp_path / "times.json"), str(path)]) == 0
+    assert nbformat.read(path, 4).cells[0].outputs[0]["text"].strip() == "True True"
+
+
 @pytest.mark.parametrize("value", [0.123456, "a |cos| text", 7])
 def test_glue_fallback_records_what_myst_nb_records(value, monkeypatch):
     import IPython.display
