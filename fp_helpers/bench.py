@@ -596,7 +596,8 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
     """One row per recorded notebook execution in ``path`` (written by ``scripts/execute_notebooks.py``):
     ``chapter`` (notebook stem), ``notebook``, ``profile``, ``device`` (as recorded, e.g.
     ``CPU (x86_64, 2 threads)``), ``gpu`` (whether it ran on a GPU), ``threads`` (CPU threads, or None),
-    ``seconds``, ``date`` and ``commit``; in book order (:data:`CHAPTERS`), then profile, then device."""
+    ``seconds`` (wall time), ``cpu_seconds`` (CPU time of the kernel and its worker processes; None where it
+    was not recorded), ``date`` and ``commit``; in book order (:data:`CHAPTERS`), then profile, then device."""
     import json
 
     log = json.loads(Path(path).read_text())
@@ -611,7 +612,9 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
         m = re.search(r"(\d+) threads?\)", device)
         rows.append({"chapter": Path(nb).stem, "notebook": nb, "profile": e.get("profile") or (key.split("@") + [""])[1],
                      "device": device, "gpu": device_kind(device) == "gpu", "threads": int(m.group(1)) if m else None,
-                     "seconds": float(e["seconds"]), "date": e.get("date"), "commit": e.get("commit")})
+                     "seconds": float(e["seconds"]),
+                     "cpu_seconds": None if e.get("cpu_seconds") is None else float(e["cpu_seconds"]),
+                     "date": e.get("date"), "commit": e.get("commit")})
 
     def order(r):
         ch = CHAPTERS.index(r["chapter"]) if r["chapter"] in CHAPTERS else len(CHAPTERS)
@@ -624,7 +627,8 @@ def notebook_times_table(path: str | Path = "results/execution_times.json") -> l
 def notebook_times_log(path: str | Path = "results/execution_times.json", this_page: str | None = None,
                        training_runs: dict[str, str | Path] | None = None):
     """The appendix's table of :func:`notebook_times_table` (a Markdown object): one line per recorded
-    execution, with its profile, device, wall time, commit, date and a note. ``this_page``: the chapter (notebook
+    execution, with its profile, device, wall time, CPU time (kernel and worker processes; ``-`` where not
+    recorded), commit, date and a note. ``this_page``: the chapter (notebook
     stem) showing the table; the log is written after a page runs, so its rows are the *previous* execution and
     are noted so. ``training_runs``: chapter -> a saved run's JSON (e.g. ``results/cifar/full.json``) that the
     chapter's ``full`` execution loads instead of training; its own training time (``"seconds"``) is added as a
@@ -642,20 +646,21 @@ def notebook_times_log(path: str | Path = "results/execution_times.json", this_p
         r = json.loads(run.read_text())
         prov, env = r.get("provenance") or {}, r.get("environment") or {}
         extra[chapter] = [f"{chapter} (training run)", prov.get("profile") or env.get("profile") or "-",
-                          env.get("device_name") or r.get("device", "-"), format_seconds(float(r["seconds"])),
+                          env.get("device_name") or r.get("device", "-"), format_seconds(float(r["seconds"])), "-",
                           prov.get("commit") or "-", str(prov.get("date", "-"))[:10],
                           f"training of the saved run {portable_paths(str(run.resolve()))} that the `full` row loads; "
                           f"not part of the notebook's time"]
     table = []
     for i, r in enumerate(rows):
         note = "previous execution (this page's log is written after it runs)" if r["chapter"] == this_page else ""
-        table.append([r["chapter"], r["profile"], r["device"], format_seconds(r["seconds"]), r["commit"] or "-",
+        cpu = "-" if r["cpu_seconds"] is None else format_seconds(r["cpu_seconds"])
+        table.append([r["chapter"], r["profile"], r["device"], format_seconds(r["seconds"]), cpu, r["commit"] or "-",
                       r["date"], note])
         last = i + 1 == len(rows) or rows[i + 1]["chapter"] != r["chapter"]
         if last and r["chapter"] in extra:
             table.append(extra.pop(r["chapter"]))
     table += list(extra.values())
-    return markdown_table(["notebook", "profile", "device", "wall time", "commit", "date", "note"], table)
+    return markdown_table(["notebook", "profile", "device", "wall time", "CPU time", "commit", "date", "note"], table)
 
 
 def appendix_times_log(root: str | Path):
@@ -676,8 +681,8 @@ def format_seconds(s: float) -> str:
 def notebook_times_markdown(path: str | Path = "results/execution_times.json", all_columns: bool = False) -> str:
     """The README's table of :func:`notebook_times_table`: a row per chapter, a column per profile on CPU and
     on GPU that has a measurement (``all_columns``: also quick and full on CPU and full on GPU without one);
-    each cell the time with its date (and the thread count when it was not 2, the GPU's name), or
-    ``not measured``."""
+    each cell the wall time, on a CPU with the CPU time of the kernel and its workers where recorded, and the
+    date (and the thread count when it was not 2, the GPU's name), or ``not measured``."""
     rows = notebook_times_table(path)
     wanted = {("quick", False), ("full", False), ("full", True)} if all_columns else set()
     cols = [(p, gpu) for p in PROFILE_ORDER for gpu in (False, True)
@@ -693,6 +698,7 @@ def notebook_times_markdown(path: str | Path = "results/execution_times.json", a
                 format_seconds(r["seconds"]) + (f" on {r['device']}" if gpu else
                                                 f", {r['threads']} thread{'s' if r['threads'] != 1 else ''}"
                                                 if r["threads"] not in (2, None) else "")
+                + (f", CPU {format_seconds(r['cpu_seconds'])}" if r["cpu_seconds"] is not None and not gpu else "")
                 + f" ({r['date']})" for r in hits) or "not measured")
         lines.append(f"| `{ch}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)

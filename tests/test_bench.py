@@ -169,16 +169,22 @@ def test_notebook_times_table_and_markdown(tmp_path):
                          "seconds": 3.0, "date": "2026-11-30", "commit": "abc"},
         "theory@full@cpu": {"notebook": "book/theory.ipynb", "profile": "full", "device": "CPU (x86_64, 1 threads)",
                         "seconds": 8.9, "date": "2026-11-25", "commit": "def"},
+        "lower_bounds@full@cpu": {"notebook": "book/lower_bounds.ipynb", "profile": "full",
+                                  "device": "CPU (x86_64, 2 threads)", "seconds": 200.0, "cpu_seconds": 372.0,
+                                  "date": "2026-12-02", "commit": "abc"},
     }
     path = tmp_path / "t.json"
     path.write_text(json.dumps(log))
     rows = bench.notebook_times_table(path)
-    assert [(r["chapter"], r["profile"]) for r in rows] == [("theory", "quick"), ("theory", "full"), ("cifar10", "full")]
-    assert rows[1]["threads"] == 1 and not rows[1]["gpu"] and rows[2]["gpu"] and rows[2]["threads"] is None
+    assert [(r["chapter"], r["profile"]) for r in rows] == [("theory", "quick"), ("theory", "full"),
+                                                            ("lower_bounds", "full"), ("cifar10", "full")]
+    assert rows[1]["threads"] == 1 and not rows[1]["gpu"] and rows[3]["gpu"] and rows[3]["threads"] is None
+    assert rows[1]["cpu_seconds"] is None and rows[2]["cpu_seconds"] == 372.0  # older entries have no CPU time
     md = bench.notebook_times_markdown(path).splitlines()
     assert md[0] == "| chapter | quick, CPU | full, CPU | full, GPU |"
     assert md[2] == "| `theory` | 3.0 s (2026-11-30) | 8.9 s, 1 thread (2026-11-25) | not measured |"
-    assert md[3] == "| `cifar10` | not measured | not measured | 5.2 min on NVIDIA H100 80GB HBM3 (2026-12-01) |"
+    assert md[3] == "| `lower_bounds` | not measured | 3.3 min, CPU 6.2 min (2026-12-02) | not measured |"
+    assert md[4] == "| `cifar10` | not measured | not measured | 5.2 min on NVIDIA H100 80GB HBM3 (2026-12-01) |"
     assert bench.notebook_times_markdown(path, all_columns=True).splitlines()[0] == \
         "| chapter | quick, CPU | full, CPU | full, GPU |"
     path.write_text(json.dumps({k: v for k, v in log.items() if k != "theory@quick@cpu"}))
@@ -228,11 +234,35 @@ def test_execute_notebooks_keys_cpu_and_gpu_runs_apart_and_time_only_leaves_the_
     assert path.read_text() == before
     entry = next(iter(json.loads(log.read_text()).values()))
     assert entry["config"]["FP_CHECKPOINT_DIR"] == "off" and entry["seconds"] > 0
+    assert entry["cpu_seconds"] is not None and entry["cpu_seconds"] > 0
     assert ex.main(["--log", str(log), str(path)]) == 0
     outs = nbformat.read(path, 4).cells[0].outputs
     assert outs[0]["text"].strip() == "off 1"
     glued = [o for o in outs if o.get("metadata", {}).get("scrapbook", {}).get("name") == "answer"]
     assert glued and glued[0]["data"]["application/papermill.record/text/plain"] == "42"
+
+
+def test_execute_notebooks_counts_the_cpu_time_of_processes_the_kernel_starts(tmp_path, monkeypatch):
+    """cpu_seconds covers the kernel's child processes (fp_helpers.parallel's workers are such children): a cell
+    whose subprocess burns 1.5 s of CPU while the kernel waits gives at least 1.5 s."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", Path(__file__).resolve().parents[1] / "scripts" / "execute_notebooks.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {busy!r}], check=True)")])
+    path = tmp_path / "busy.ipynb"
+    nbformat.write(nb, path)
+    log = tmp_path / "times.json"
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    assert ex.main(["--time-only", "--log", str(log), str(path)]) == 0
+    entry = next(iter(json.loads(log.read_text()).values()))
+    assert entry["cpu_seconds"] >= 1.5, entry
 
 
 def test_execute_notebooks_reads_a_relative_data_dir_from_where_it_was_called(tmp_path, monkeypatch):
@@ -290,7 +320,7 @@ def test_notebook_times_log_marks_this_page_and_adds_the_training_run(tmp_path):
                                           "device": "CPU (x86_64, 2 threads)", "seconds": 7.0, "date": "2026-12-01",
                                           "commit": "abc"},
         "theory@full@cpu": {"notebook": "book/theory.ipynb", "profile": "full", "device": "CPU (x86_64, 2 threads)",
-                            "seconds": 8.0, "date": "2026-12-01", "commit": "abc"},
+                            "seconds": 8.0, "cpu_seconds": 14.5, "date": "2026-12-01", "commit": "abc"},
     }
     path = tmp_path / "t.json"
     path.write_text(json.dumps(log))
@@ -303,10 +333,12 @@ def test_notebook_times_log_marks_this_page_and_adds_the_training_run(tmp_path):
     assert md[0].endswith("| note |")
     body = [line.split(" | ") for line in md[2:]]
     assert [r[0].lstrip("| ") for r in body] == ["theory", "cifar10", "cifar10 (training run)", "execution_statistics"]
+    assert md[0].startswith("| notebook | profile | device | wall time | CPU time |")
+    assert body[0][3:5] == ["8.0 s", "14.5 s"] and body[1][3:5] == ["12.0 s", "-"]  # CPU time where recorded
     training = body[2]
-    assert training[3] == "42.0 min" and training[4] == "def" and training[5] == "2026-11-30"
-    assert "not part of the notebook's time" in training[6]
-    assert "previous execution" in body[3][6] and all("previous" not in "".join(r) for r in body[:3])
+    assert training[3] == "42.0 min" and training[4] == "-" and training[5] == "def" and training[6] == "2026-11-30"
+    assert "not part of the notebook's time" in training[7]
+    assert "previous execution" in body[3][7] and all("previous" not in "".join(r) for r in body[:3])
     # without the new arguments: the same rows as before, no notes
     plain = bench.notebook_times_log(path).data.splitlines()
     assert len(plain) == 5 and all(line.endswith("|  |") for line in plain[2:])
