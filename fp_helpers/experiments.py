@@ -487,6 +487,83 @@ def regime_glue(results: dict) -> dict:
     return out
 
 
+# what the seed table and glue report per regime: name -> where it is in a ``run synthetic`` result
+REGIME_SEED_FIELDS = {
+    "robust": ("adversarial", "robust_acc"), "clean": ("adversarial", "clean_acc"),
+    "holds": ("principle", "holds_fraction"), "ratio": ("principle", "ratio_median"),
+    "cos_clean": ("clean", "cos_init_median"), "cos_adv": ("adversarial", "cos_init_median"),
+    "top1_clean": ("clean", "top1_energy_median"), "top1_adv": ("adversarial", "top1_energy_median"),
+}
+REGIME_SEED_HEADER = ["run", "seeds", "PGD acc at tau, adv", "clean acc, adv", "principle holds", "median ratio",
+                      "|cos(w, w0)|, adv", "top-1 energy, adv"]
+
+
+def regime_seeds(folder) -> dict[str, list[dict]]:
+    """Every regime of ``folder`` (``results/regimes``) with its replicates: ``{letter: [seed 0, seed 1, ...]}``,
+    seed 0 being ``<regime>.json`` and the others ``seeds/<regime>_seed<k>.json`` (written by ``run.sh``), in seed
+    order. A seed draws its own dictionary, held-out points, initialisation and samples; everything else in a
+    replicate's config must be its regime's (``ValueError`` naming the difference otherwise). Files are read
+    with :func:`fp_helpers.provenance.load_result`, so a stale one warns."""
+    from pathlib import Path
+
+    from .provenance import load_result
+
+    folder = Path(folder)
+    out = {}
+    for f in sorted(folder.glob("*.json")):
+        base = load_result(f)
+        runs = {int(base["config"]["seed"]): base}
+        for g in sorted((folder / "seeds").glob(f"{f.stem}_seed*.json")):
+            r = load_result(g)
+            diff = sorted(k for k in set(base["config"]) | set(r["config"])
+                          if k != "seed" and base["config"].get(k) != r["config"].get(k))
+            if diff:
+                raise ValueError(f"{g} is not a replicate of {f.name}: its config differs in {', '.join(diff)}")
+            seed = int(r["config"]["seed"])
+            if seed in runs:
+                raise ValueError(f"{g} repeats seed {seed} of regime {f.stem}")
+            runs[seed] = r
+        out[f.stem.split("_")[0]] = [runs[k] for k in sorted(runs)]
+    return out
+
+
+def regime_seed_values(runs: list[dict]) -> dict[str, list[float]]:
+    """Per :data:`REGIME_SEED_FIELDS` name, the values of one regime's runs (one per seed, in seed order)."""
+    return {name: [float(r[part][key]) for r in runs] for name, (part, key) in REGIME_SEED_FIELDS.items()}
+
+
+def regime_seed_rows(reg_seeds: dict[str, list[dict]]) -> list[list]:
+    """One row per regime of :func:`regime_seeds` (:data:`REGIME_SEED_HEADER`): the seeds, then each number as
+    ``mean [min, max]`` over them."""
+    rows = []
+    for letter, runs in reg_seeds.items():
+        v = regime_seed_values(runs)
+        cell = {name: f"{sum(x) / len(x):.2f} [{min(x):.2f}, {max(x):.2f}]" for name, x in v.items()}
+        rows.append([letter, ", ".join(str(r["config"]["seed"]) for r in runs), cell["robust"], cell["clean"],
+                     cell["holds"], cell["ratio"], cell["cos_adv"], cell["top1_adv"]])
+    return rows
+
+
+def regime_seed_glue(reg_seeds: dict[str, list[dict]], letters=None) -> dict:
+    """The seed ranges the regime section quotes: ``reg_<letter>_<name>_min`` / ``_max`` / ``_mean`` for every
+    regime in ``letters`` (default: all) and :data:`REGIME_SEED_FIELDS` name, and ``reg_seeds_n``, the smallest
+    number of seeds of any regime; and, for ``holds`` and ``robust``, the largest spread (max - min over the
+    seeds) of any regime, ``reg_<name>_spread_max``, and that regime, ``reg_<name>_spread_letter``."""
+    out = {"reg_seeds_n": min(len(runs) for runs in reg_seeds.values())}
+    values = {letter: regime_seed_values(runs) for letter, runs in reg_seeds.items()}
+    for letter, v in values.items():
+        if letters is not None and letter not in letters:
+            continue
+        for name, x in v.items():
+            out.update({f"reg_{letter}_{name}_min": min(x), f"reg_{letter}_{name}_max": max(x),
+                        f"reg_{letter}_{name}_mean": sum(x) / len(x)})
+    for name in ("holds", "robust"):
+        letter = max(values, key=lambda k: max(values[k][name]) - min(values[k][name]))
+        out[f"reg_{name}_spread_max"] = max(values[letter][name]) - min(values[letter][name])
+        out[f"reg_{name}_spread_letter"] = letter
+    return out
+
+
 LOWRANK_HEADER = ["rank r", "energy share of the full update", "truncated update: clean / PGD acc",
                   "rank-r training: clean / PGD acc"]
 

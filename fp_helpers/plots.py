@@ -299,3 +299,28 @@ def principle_trajectory(history: Sequence[Mapping], title: str | None = None):
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     fig.tight_layout()
     return fig
+
+
+def regime_seeds(reg_seeds: Mapping[str, Sequence[Mapping]]):
+    """Every regime's runs (``experiments.regime_seeds``: ``letter -> [result per seed]``) in the plane of the
+    principle's share (x: neurons with ``||beta_i w_i'|| > ||v_i||``) and the adversarial network's PGD robust
+    accuracy (y): one marker per seed, a regime's seeds joined to show their spread, its letter at their mean."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lowest = min(r["adversarial"]["robust_acc"] for runs in reg_seeds.values() for r in runs)
+    for i, (letter, runs) in enumerate(reg_seeds.items()):
+        x = [r["principle"]["holds_fraction"] for r in runs]
+        y = [r["adversarial"]["robust_acc"] for r in runs]
+        c = colours[i % len(colours)]
+        order = np.argsort(x)
+        ax.plot(np.array(x)[order], np.array(y)[order], "o-", color=c, ms=5, lw=0.8, alpha=0.9,
+                label=f"{letter} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
+        ax.annotate(letter, (np.mean(x), np.mean(y)), textcoords="offset points", xytext=(6, 4), color=c,
+                    fontweight="bold")
+    ax.axvline(0.5, color="k", lw=0.6, ls=":")
+    ax.set(xlabel="share of neurons where the principle holds", ylabel="PGD robust accuracy at $\\tau$",
+           title="adversarially trained networks, every regime and seed",
+           xlim=(0, 1), ylim=(max(0.0, np.floor(10 * lowest) / 10 - 0.05), 1.02))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
+    fig.tight_layout()
+    return fig

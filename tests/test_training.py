@@ -190,3 +190,74 @@ def test_regime_glue_reads_the_committed_regimes_and_finds_the_first_step():
     assert experiments.first_step_reaching(hist, "x", 0.95) is None
     scale = experiments.regime_scale(reg)
     assert "profile full" in scale and scale.count(";") == 0  # all made at one scale, on one device
+
+
+def test_regime_seeds_gathers_replicates_and_rejects_a_file_of_another_regime(tmp_path):
+    """Each regime's replicates (results/regimes/seeds) are read with it, in seed order; a replicate whose config
+    differs in anything but the seed, or that repeats a seed, is refused; rows and glue come from the right fields."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "regimes"
+    reg = experiments.regime_seeds(committed)
+    assert set(reg) == {f.stem.split("_")[0] for f in committed.glob("*.json")}
+    for letter, runs in reg.items():
+        seeds = [r["config"]["seed"] for r in runs]
+        assert seeds[0] == 0 and seeds == sorted(set(seeds))
+    rows = experiments.regime_seed_rows(reg)
+    assert all(len(r) == len(experiments.REGIME_SEED_HEADER) for r in rows)
+    g = experiments.regime_seed_glue(reg)
+    a = reg["A"]
+    assert g["reg_A_holds_min"] == min(r["principle"]["holds_fraction"] for r in a)
+    assert g["reg_A_robust_max"] == max(r["adversarial"]["robust_acc"] for r in a)
+    assert g["reg_seeds_n"] == min(len(v) for v in reg.values())
+    spreads = {k: max(r["principle"]["holds_fraction"] for r in v) - min(r["principle"]["holds_fraction"] for r in v)
+               for k, v in reg.items()}
+    assert g["reg_holds_spread_max"] == max(spreads.values()) == spreads[g["reg_holds_spread_letter"]]
+    # a folder of one regime and a made-up replicate: mean, min and max of the values given
+    base = json.loads((committed / "A_beta0_init01.json").read_text())
+    (tmp_path / "seeds").mkdir()
+    shutil.copy(committed / "A_beta0_init01.json", tmp_path / "A_beta0_init01.json")
+    rep = json.loads(json.dumps(base))
+    rep["config"]["seed"] = 5
+    rep["principle"]["holds_fraction"] = base["principle"]["holds_fraction"] + 0.5
+    (tmp_path / "seeds" / "A_beta0_init01_seed5.json").write_text(json.dumps(rep))
+    import warnings
+    with warnings.catch_warnings():  # the made-up replicate's config is not what its recorded command gives: stale
+        warnings.simplefilter("ignore")
+        got = experiments.regime_seed_glue(experiments.regime_seeds(tmp_path))
+    h = base["principle"]["holds_fraction"]
+    assert got["reg_A_holds_min"] == h and got["reg_A_holds_max"] == h + 0.5
+    assert got["reg_A_holds_mean"] == pytest.approx(h + 0.25) and got["reg_seeds_n"] == 2
+    assert got["reg_holds_spread_max"] == pytest.approx(0.5) and got["reg_holds_spread_letter"] == "A"
+    rep["config"]["beta"] = 0.2
+    (tmp_path / "seeds" / "A_beta0_init01_seed5.json").write_text(json.dumps(rep))
+    with pytest.raises(ValueError, match="differs in beta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        experiments.regime_seeds(tmp_path)
+    rep["config"]["beta"], rep["config"]["seed"] = base["config"]["beta"], 0
+    (tmp_path / "seeds" / "A_beta0_init01_seed5.json").write_text(json.dumps(rep))
+    with pytest.raises(ValueError, match="repeats seed 0"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        experiments.regime_seeds(tmp_path)
+
+
+def test_regime_seed_figure_plots_each_seed_where_its_file_puts_it():
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fp_helpers import plots
+
+    reg = experiments.regime_seeds(Path(__file__).resolve().parents[1] / "results" / "regimes")
+    fig = plots.regime_seeds(reg)
+    lines = {ln.get_label().split()[0]: ln for ln in fig.axes[0].lines if ln.get_label()[0].isalpha()}
+    assert set(lines) == set(reg)
+    for letter, runs in reg.items():
+        pts = sorted(zip(lines[letter].get_xdata(), lines[letter].get_ydata()))
+        want = sorted((r["principle"]["holds_fraction"], r["adversarial"]["robust_acc"]) for r in runs)
+        assert [p for xy in pts for p in xy] == pytest.approx([p for xy in want for p in xy])
+    plt.close(fig)
