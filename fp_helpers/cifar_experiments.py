@@ -50,7 +50,7 @@ class CifarConfig:
     n_train: int = 0  # 0: every training image found (all 50,000 on Colab; the 8,380-image subset here)
     n_test: int = 0
     holdout: int = 250  # training images held out for the catastrophic-overfitting check (all checked each epoch)
-    eval_n: int = 500  # test images attacked for the reported numbers
+    eval_n: int = 10_000  # test images attacked for the reported numbers (the first ones; 10,000: every one)
     clean_epochs: int = 15
     adv_epochs: int = 15  # (b) adversarial training from scratch
     ft_epochs: int = 5  # (c) adversarial training from the clean model (and (c''), (d))
@@ -253,6 +253,20 @@ def _data_fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def config_data(cfg: CifarConfig, data: "cifar.CifarData") -> "cifar.CifarData":
+    """The images ``cfg`` uses: ``data``, or its subset when the config sets ``n_train`` / ``n_test``."""
+    if cfg.n_train or cfg.n_test:
+        return cifar.subset(data, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
+    return data
+
+
+def eval_split(cfg: CifarConfig, data: "cifar.CifarData") -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images (as stored) and labels every number of :func:`run_cifar` is measured on: the first
+    ``min(eval_n, test images)`` of :func:`config_data`'s test set."""
+    n = min(cfg.eval_n, data.n_test)
+    return data.x_test[:n], data.y_test[:n]
+
+
 def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profile: str | None = None,
               keep_models: bool = False, checkpoint_dir=None) -> dict:
     """The experiment (a)-(d) of the module docstring; returns the JSON-ready dict (plus ``"_models"``,
@@ -269,16 +283,13 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
     t0 = time.perf_counter()
     dev = get_device(device)
     seed_everything(cfg.seed, dev)
-    data = cifar.load_cifar10(data_dir, progress=progress)
-    if cfg.n_train or cfg.n_test:
-        data = cifar.subset(data, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
+    data = config_data(cfg, cifar.load_cifar10(data_dir, progress=progress))
     n_tr = data.n_train
     if cfg.holdout >= n_tr:
         raise ValueError(f"holdout={cfg.holdout} must be smaller than the {n_tr} training images")
     x_tr, y_tr = data.x_train[: n_tr - cfg.holdout], data.y_train[: n_tr - cfg.holdout]
     x_val, y_val = data.x_train[n_tr - cfg.holdout:], data.y_train[n_tr - cfg.holdout:]
-    n_eval = min(cfg.eval_n, data.n_test)
-    x_te, y_te = data.x_test[:n_eval], data.y_test[:n_eval]
+    x_te, y_te = eval_split(cfg, data)
     name, kw = cfg.model_name(dev), cfg.model_kw(dev)
     ck = open_run("cifar", cfg, checkpoint_dir, dev, model=name,
                   data=_data_fingerprint(x_tr, y_tr, x_val, y_val, x_te, y_te))
@@ -355,7 +366,7 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
     pert = {k: perturbations(models[k], x_te[:16], y_te[:16], cfg) for k in ("clean", "adv_from_clean")}
     result = {
         "device": str(dev), "model": name, "data": data.describe(), "n_train": int(x_tr.shape[0]), "n_holdout": cfg.holdout,
-        "n_test": int(n_eval), "is_subset": data.is_subset,
+        "n_test": int(y_te.shape[0]), "is_subset": data.is_subset,
         "attack": f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, {cfg.norm}, eps={cfg.radius:.5f}",
         "attack_other": (f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, {cfg.other_norm}, eps={cfg.other_radius:.5f}"
                          if cfg.other_norm_epochs else None),
@@ -573,10 +584,9 @@ def load_or_run(cfg: CifarConfig, folder=None, save: bool = False, recompute_sta
                     d = None
                     warnings.warn(f"CIFAR-10 was not found (set FP_DATA_DIR or pass data_dir); showing the run saved "
                                   f"in {folder} without checking its image counts against the data", stacklevel=2)
-                if d is not None and (cfg.n_train or cfg.n_test):
-                    d = cifar.subset(d, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
                 if d is not None:
-                    counts = (d.n_train, min(cfg.eval_n, d.n_test))
+                    d = config_data(cfg, d)
+                    counts = (d.n_train, len(eval_split(cfg, d)[1]))
             loaded = load_run(folder, cfg, run_kw.get("device"), data_counts=counts)
         except ValueError as e:
             warnings.warn(f"{e} -- recomputing now", stacklevel=2)
@@ -618,12 +628,9 @@ def evaluation_images(cfg: CifarConfig, data_dir=None, device=None) -> tuple[tor
     from .cifar_train import _as_float
 
     cfg = cfg.validate()
-    data = cifar.load_cifar10(data_dir)
-    if cfg.n_train or cfg.n_test:
-        data = cifar.subset(data, cfg.n_train or None, cfg.n_test or None, seed=cfg.seed)
-    n = min(cfg.eval_n, data.n_test)
+    x, y = eval_split(cfg, config_data(cfg, cifar.load_cifar10(data_dir)))
     dev = get_device(device)
-    return _as_float(data.x_test[:n].to(dev)), data.y_test[:n].to(dev)
+    return _as_float(x.to(dev)), y.to(dev)
 
 
 LOSSES = ("ce", "margin")
