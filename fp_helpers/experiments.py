@@ -396,6 +396,49 @@ def seed_curves(cfg: SyntheticConfig, seeds, adversarial: bool = True, device=No
     return out
 
 
+def _radius_index(cfg: SyntheticConfig, r: float) -> int:
+    """The index of the radius of ``cfg.radii`` nearest to ``r``."""
+    return min(range(len(cfg.radii)), key=lambda i: abs(float(cfg.radii[i]) - r))
+
+
+def sweep_landmarks(sweep: dict, cfg: SyntheticConfig) -> dict:
+    """The numbers the adversarial chapter quotes from a :func:`seed_curves` sweep (means over seeds unless said):
+    both networks' robust accuracy at ``tau`` (``seed_adv_mean``, ``seed_clean_mean``); at the largest radius, the
+    best seed's clean network and the adversarial mean (``clean_at_r_max``, ``adv_at_r_max``); the radius of the
+    grid where the adversarial curve is furthest above the clean one and both there (``sep_r``, ``sep_clean``,
+    ``sep_adv``); the adversarial mean at the grid radius nearest ``2 tau`` (``r_2tau``, ``adv_2tau``)."""
+    clean, adv, radii = sweep["clean"], sweep["adversarial"], [float(r) for r in sweep["radii"]]
+    i_tau = _radius_index(cfg, cfg.tau)
+    i_sep = int((adv.mean(0) - clean.mean(0)).argmax())
+    i_2tau = _radius_index(cfg, 2 * cfg.tau)
+    return {"seed_adv_mean": float(adv[:, i_tau].mean()), "seed_clean_mean": float(clean[:, i_tau].mean()),
+            "r_max": radii[-1], "clean_at_r_max": float(clean[:, -1].max()), "adv_at_r_max": float(adv[:, -1].mean()),
+            "sep_r": radii[i_sep], "sep_clean": float(clean[:, i_sep].mean()), "sep_adv": float(adv[:, i_sep].mean()),
+            "r_2tau": radii[i_2tau], "adv_2tau": float(adv[:, i_2tau].mean())}
+
+
+def clean_sweep_landmarks(sweep: dict, cfg: SyntheticConfig) -> dict:
+    """The numbers the clean-training chapter quotes from a sweep of clean training (:func:`seed_curves` with
+    ``adversarial=False``), with ``law``, the exact robust accuracy of the best linear classifier
+    (:func:`fp_helpers.exercises.linear_robust_law`) at every radius of the grid: the mean PGD accuracy at ``tau``
+    (``seed_robust_mean``), the worst seed's clean accuracy (``seed_clean_min``), the law at ``tau``
+    (``linear_law_tau``), the largest gap between the seed mean and the law over the grid (``lin_gap_max``),
+    ``tau / sqrt(k / d)`` (``tau_ratio``), and the first radius where the seed mean is at or under 1%
+    (``low_radius``, ``low_value``; None when none is)."""
+    from .exercises import linear_robust_law
+
+    radii = [float(r) for r in sweep["radii"]]
+    law = [linear_robust_law(cfg.d, cfg.k, cfg.noise, r) for r in radii]
+    mean = sweep["clean"].mean(0).tolist()
+    i_tau = _radius_index(cfg, cfg.tau)
+    low = next((i for i, v in enumerate(mean) if v <= 0.01), None)
+    return {"seed_robust_mean": float(sweep["clean"][:, i_tau].mean()),
+            "seed_clean_min": min(r["clean"]["clean_acc"] for r in sweep["runs"]),
+            "law": law, "linear_law_tau": law[i_tau], "lin_gap_max": max(abs(a - b) for a, b in zip(mean, law)),
+            "tau_ratio": cfg.tau / (cfg.k / cfg.d) ** 0.5,
+            "low_radius": None if low is None else radii[low], "low_value": None if low is None else mean[low]}
+
+
 def attack_strength(run: SyntheticRun) -> list[list]:
     """Rows ``[attack, clean-net accuracy, adversarial-net accuracy]`` at ``tau`` for attacks of growing strength:
     FGM, the dense direction, PGD, PGD with restarts, and PGD with 5x the steps and 2x the restarts."""

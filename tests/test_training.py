@@ -261,3 +261,30 @@ def test_regime_seed_figure_plots_each_seed_where_its_file_puts_it():
         want = sorted((r["principle"]["holds_fraction"], r["adversarial"]["robust_acc"]) for r in runs)
         assert [p for xy in pts for p in xy] == pytest.approx([p for xy in want for p in xy])
     plt.close(fig)
+
+
+def test_sweep_landmarks_pick_the_radii_the_chapters_name():
+    """The adversarial chapter's landmarks: the best-separating radius is where the adversarial mean is furthest
+    above the clean mean, 2 tau is the nearest grid radius; the clean chapter's: the first radius at or under 1%
+    (None if the curve never gets there), the largest gap to the linear law."""
+    import numpy as np
+
+    from fp_helpers import exercises
+
+    cfg = experiments.synthetic_config("quick", {"radii": (0.0, 0.1, 0.15, 0.2, 0.3, 0.45), "tau": 0.15})
+    clean = np.array([[1.0, 0.5, 0.3, 0.1, 0.005, 0.0], [1.0, 0.6, 0.4, 0.2, 0.015, 0.002]])
+    adv = np.array([[1.0, 0.9, 0.85, 0.8, 0.3, 0.1], [1.0, 0.95, 0.9, 0.9, 0.2, 0.0]])
+    sweep = {"clean": clean, "adversarial": adv, "radii": np.array(cfg.radii),
+             "runs": [{"clean": {"clean_acc": 0.99}}, {"clean": {"clean_acc": 0.97}}]}
+    a = experiments.sweep_landmarks(sweep, cfg)
+    assert cfg.tau == 0.15 and a["seed_adv_mean"] == pytest.approx(0.875) and a["seed_clean_mean"] == pytest.approx(0.35)
+    assert a["sep_r"] == 0.2 and a["sep_adv"] == pytest.approx(0.85) and a["sep_clean"] == pytest.approx(0.15)
+    assert a["r_2tau"] == 0.3 and a["adv_2tau"] == pytest.approx(0.25)
+    assert a["r_max"] == 0.45 and a["clean_at_r_max"] == 0.002 and a["adv_at_r_max"] == pytest.approx(0.05)
+    c = experiments.clean_sweep_landmarks(sweep, cfg)
+    assert c["low_radius"] == 0.3 and c["low_value"] == pytest.approx(0.01) and c["seed_clean_min"] == 0.97
+    law = [exercises.linear_robust_law(cfg.d, cfg.k, cfg.noise, r) for r in cfg.radii]
+    assert c["law"] == law and c["linear_law_tau"] == law[2]
+    assert c["lin_gap_max"] == pytest.approx(max(abs(m - l) for m, l in zip(clean.mean(0), law)))
+    sweep["clean"] = clean + 0.5  # never at or under 1%
+    assert experiments.clean_sweep_landmarks(sweep, cfg)["low_radius"] is None
