@@ -460,37 +460,50 @@ REGIME_HEADER = ["run", "beta", "init std", "steps clean+FGM", "FGM lr", "clean 
                  "PGD acc at tau (clean / adv)", "|cos(w, w0)| (clean / adv)", "principle holds", "median ratio"]
 
 
-def regime_rows(folder) -> list[list]:
-    """One table row per ``run synthetic`` JSON file in ``folder`` (the regime comparison of chapter 4).
-
-    Each file is read with :func:`fp_helpers.provenance.load_result`: when some were made with another
-    config or by code that has changed since, one :class:`~fp_helpers.provenance.StaleResultWarning` names
-    them and says how to recompute them."""
+def _load_regime_files(folder, files) -> list[dict]:
+    """``files`` read with :func:`fp_helpers.provenance.load_result`; when some were made with another config or by
+    code that has changed since, one :class:`~fp_helpers.provenance.StaleResultWarning` names them all and says
+    how to recompute them (``run.sh`` of ``folder``), instead of one warning per file."""
     import warnings
     from pathlib import Path
 
     from .provenance import StaleResultWarning, load_result
 
-    rows, stale = [], []
-    files = sorted(Path(folder).glob("*.json"))
+    out, stale = [], []
     for f in files:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", StaleResultWarning)
-            r = load_result(f)
+            out.append(load_result(f))
         stale += [str(w.message) for w in caught if issubclass(w.category, StaleResultWarning)]
-        c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
-        rows.append([f.stem.split("_")[0], f"{conf['beta']:g}", f"{conf['init_std']:g}",
-                     f"{conf['clean_steps']}+{conf['adv_steps']}", f"{conf['adv_lr']:g}",
-                     f"{c['clean_acc']:.3f} / {a['clean_acc']:.3f}",
-                     f"{c['robust_acc']:.3f} / {a['robust_acc']:.3f}",
-                     f"{c['cos_init_median']:.2f} / {a['cos_init_median']:.2f}",
-                     f"{p['holds_fraction']:.2f}", f"{p['ratio_median']:.2f}"])
     if stale:
         script = Path(folder) / "run.sh"
         how = f"bash {script}" if script.exists() else "the command in each file's provenance"
         warnings.warn(StaleResultWarning(
             f"{len(stale)} of {len(files)} results in {folder} may be stale; recompute them with {how}.\n"
-            + "\n".join(stale)), stacklevel=2)
+            + "\n".join(stale)), stacklevel=3)
+    return out
+
+
+def regime_rows(regimes) -> list[list]:
+    """One table row per regime (the regime comparison of chapter 4): ``regimes`` is a folder of ``run synthetic``
+    JSON files (each read as :func:`_load_regime_files` does: stale ones warn once, together), or what
+    :func:`regime_seeds` returned (then each regime's seed-0 run; no file is read again)."""
+    from pathlib import Path
+
+    if isinstance(regimes, dict):
+        named = [(letter, runs[0]) for letter, runs in regimes.items()]
+    else:
+        files = sorted(Path(regimes).glob("*.json"))
+        named = [(f.stem.split("_")[0], r) for f, r in zip(files, _load_regime_files(regimes, files))]
+    rows = []
+    for letter, r in named:
+        c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
+        rows.append([letter, f"{conf['beta']:g}", f"{conf['init_std']:g}",
+                     f"{conf['clean_steps']}+{conf['adv_steps']}", f"{conf['adv_lr']:g}",
+                     f"{c['clean_acc']:.3f} / {a['clean_acc']:.3f}",
+                     f"{c['robust_acc']:.3f} / {a['robust_acc']:.3f}",
+                     f"{c['cos_init_median']:.2f} / {a['cos_init_median']:.2f}",
+                     f"{p['holds_fraction']:.2f}", f"{p['ratio_median']:.2f}"])
     return rows
 
 
@@ -545,19 +558,21 @@ def regime_seeds(folder) -> dict[str, list[dict]]:
     """Every regime of ``folder`` (``results/regimes``) with its replicates: ``{letter: [seed 0, seed 1, ...]}``,
     seed 0 being ``<regime>.json`` and the others ``seeds/<regime>_seed<k>.json`` (written by ``run.sh``), in seed
     order. A seed draws its own dictionary, held-out points, initialisation and samples; everything else in a
-    replicate's config must be its regime's (``ValueError`` naming the difference otherwise). Files are read
-    with :func:`fp_helpers.provenance.load_result`, so a stale one warns."""
+    replicate's config must be its regime's (``ValueError`` naming the difference otherwise). Every file is read
+    once, as :func:`_load_regime_files` does: the stale ones, replicates included, warn once, together."""
     from pathlib import Path
 
-    from .provenance import load_result
-
     folder = Path(folder)
+    bases = sorted(folder.glob("*.json"))
+    replicates = {f: sorted((folder / "seeds").glob(f"{f.stem}_seed*.json")) for f in bases}
+    files = bases + [g for f in bases for g in replicates[f]]
+    loaded = dict(zip(files, _load_regime_files(folder, files)))
     out = {}
-    for f in sorted(folder.glob("*.json")):
-        base = load_result(f)
+    for f in bases:
+        base = loaded[f]
         runs = {int(base["config"]["seed"]): base}
-        for g in sorted((folder / "seeds").glob(f"{f.stem}_seed*.json")):
-            r = load_result(g)
+        for g in replicates[f]:
+            r = loaded[g]
             diff = sorted(k for k in set(base["config"]) | set(r["config"])
                           if k != "seed" and base["config"].get(k) != r["config"].get(k))
             if diff:

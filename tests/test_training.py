@@ -207,6 +207,7 @@ def test_regime_seeds_gathers_replicates_and_rejects_a_file_of_another_regime(tm
         assert seeds[0] == 0 and seeds == sorted(set(seeds))
     rows = experiments.regime_seed_rows(reg)
     assert all(len(r) == len(experiments.REGIME_SEED_HEADER) for r in rows)
+    assert experiments.regime_rows(reg) == experiments.regime_rows(committed)  # seed 0, without reading again
     g = experiments.regime_seed_glue(reg)
     a = reg["A"]
     assert g["reg_A_holds_min"] == min(r["principle"]["holds_fraction"] for r in a)
@@ -224,9 +225,12 @@ def test_regime_seeds_gathers_replicates_and_rejects_a_file_of_another_regime(tm
     rep["principle"]["holds_fraction"] = base["principle"]["holds_fraction"] + 0.5
     (tmp_path / "seeds" / "A_beta0_init01_seed5.json").write_text(json.dumps(rep))
     import warnings
-    with warnings.catch_warnings():  # the made-up replicate's config is not what its recorded command gives: stale
-        warnings.simplefilter("ignore")
+
+    from fp_helpers.provenance import StaleResultWarning
+    with pytest.warns(StaleResultWarning) as caught:  # its config is not what its recorded command gives: stale
         got = experiments.regime_seed_glue(experiments.regime_seeds(tmp_path))
+    assert len(caught) == 1 and "1 of 2 results" in str(caught[0].message)  # once, naming the replicate
+    assert "A_beta0_init01_seed5.json" in str(caught[0].message)
     h = base["principle"]["holds_fraction"]
     assert got["reg_A_holds_min"] == h and got["reg_A_holds_max"] == h + 0.5
     assert got["reg_A_holds_mean"] == pytest.approx(h + 0.25) and got["reg_seeds_n"] == 2
