@@ -114,8 +114,9 @@ def test_regime_rows_read_every_result_file_with_exact_values(tmp_path):
     assert {r[2] for r in rows} >= {"0.01", "0.003", "0.002"}  # no "0.00" rounding of small init scales
     assert len(rows[0]) == len(experiments.REGIME_HEADER)
     (tmp_path / "X_bad.json").write_text(json.dumps({"config": {}}))
-    with pytest.raises(KeyError):
-        experiments.regime_rows(tmp_path)
+    from fp_helpers.provenance import StaleResultWarning
+    with pytest.raises(KeyError), pytest.warns(StaleResultWarning, match="no provenance record"):
+        experiments.regime_rows(tmp_path)  # a file without provenance is stale (said), and without fields (raised)
 
 
 @pytest.mark.parametrize("attack,steps", [("none", 70), ("fgm", 45)])
