@@ -10,7 +10,9 @@ random start, in ``norm`` at radius ``eps``); (c') the same with PGD training (`
 same as (c) but every conv / linear weight restricted to ``W_clean + A B`` of rank r, batch norm trained
 (``lowrank_train_bn``), with two controls: batch norm alone trained as in (d), without the factors
 (``bn_only_control``), and the largest rank with batch norm frozen, at the learning rates ``frozen_bn_lrs``.
-Radii default to the norm's standard one (l-inf 8/255, l2 0.5).
+Last, two controls for the direction of (c)'s weight change (``direction_controls``): (c) again with the seed
+``seed + 1`` (other batches, augmentations and random starts) and (c)'s schedule from the clean weights
+without attack. Radii default to the norm's standard one (l-inf 8/255, l2 0.5).
 
 All are evaluated with the same PGD (``eval_pgd_steps`` steps, ``eval_restarts`` starts) on the same test
 images, in the norm they were trained for ((c'') and, as its baseline, (a) in the other norm); the weights
@@ -65,6 +67,8 @@ class CifarConfig:
     lowrank_lr: float = 0.05
     lowrank_train_bn: bool = True  # BatchNorm scale/shift/statistics trained in (d)
     bn_only_control: bool = True  # control of (d): batch norm alone trained (no low-rank factors), as in (d)
+    direction_controls: bool = True  # controls for the direction of (c)'s weight change: (c) again with the seed
+    # seed + 1 (other batches, augmentations and random starts), and (c)'s schedule from the clean weights without attack
     attack: str = "fgsm_rs"  # training attack of (b), (c), (c''), (d)
     norm: str = "linf"
     eps: float | None = None  # None: the norm's standard radius (linf 8/255, l2 0.5)
@@ -119,7 +123,7 @@ class CifarConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        for name in ("lowrank_train_bn", "bn_only_control"):
+        for name in ("lowrank_train_bn", "bn_only_control", "direction_controls"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_norm(self.norm)
@@ -132,7 +136,7 @@ class CifarConfig:
                 raise ValueError(f"{name}={v!r} is out of range for the {norm} ball on images in [0, 1]: "
                                  f"allowed 0 < {name} <= {limit:g}, or none for the standard radius "
                                  f"({STANDARD_RADII[norm]:g})")
-        for kind in ("clean", "adv", "ft", "pgd_ft", "other_ft", "lowrank"):
+        for kind in ("clean", "adv", "ft", "pgd_ft", "other_ft", "lowrank", "ft_clean"):
             self.train_config(kind)  # attack / norm / radius checks
         return self
 
@@ -144,20 +148,23 @@ class CifarConfig:
     def model_kw(self, device) -> dict:
         return {"width": self.width} if self.model_name(device) == "small_resnet" else {}
 
-    def train_config(self, kind: str, lr: float | None = None) -> CifarTrainConfig:
+    def train_config(self, kind: str, lr: float | None = None, seed: int | None = None) -> CifarTrainConfig:
         """``kind``: "clean" (a), "adv" (b, from scratch), "ft" (c, from clean), "pgd_ft" (c', PGD from clean),
-        "other_ft" (c'', from clean in the other norm) or "lowrank" (d). ``lr`` overrides the learning rate."""
+        "other_ft" (c'', from clean in the other norm), "lowrank" (d) or "ft_clean" ((c)'s schedule without
+        attack, a control). ``lr`` overrides the learning rate, ``seed`` the training seed (batches,
+        augmentations, random starts; default ``self.seed``)."""
         epochs = {"clean": self.clean_epochs, "adv": self.adv_epochs, "ft": self.ft_epochs,
                   "pgd_ft": max(self.pgd_ft_epochs, 1), "other_ft": max(self.other_norm_epochs, 1),
-                  "lowrank": self.ft_epochs}[kind]
+                  "lowrank": self.ft_epochs, "ft_clean": self.ft_epochs}[kind]
         if lr is None:
             lr = {"clean": self.lr, "adv": self.lr, "ft": self.ft_lr, "pgd_ft": self.ft_lr, "other_ft": self.ft_lr,
-                  "lowrank": self.lowrank_lr}[kind]
-        attack = {"clean": "none", "pgd_ft": "pgd"}.get(kind, self.attack)
+                  "lowrank": self.lowrank_lr, "ft_clean": self.ft_lr}[kind]
+        attack = {"clean": "none", "ft_clean": "none", "pgd_ft": "pgd"}.get(kind, self.attack)
         norm, eps = (self.other_norm, self.other_radius) if kind == "other_ft" else (self.norm, self.radius)
         extra = {"train_pgd_steps": self.pgd_ft_steps} if attack == "pgd" else {}
         return CifarTrainConfig(epochs=epochs, batch_size=self.batch_size, lr=lr, attack=attack, norm=norm, eps=eps,
-                                eval_pgd_steps=10, co_check_n=self.holdout, seed=self.seed, **extra).validate()
+                                eval_pgd_steps=10, co_check_n=self.holdout, seed=self.seed if seed is None else seed,
+                                **extra).validate()
 
 
 CIFAR_PRESETS: dict[str, dict] = {
@@ -295,9 +302,9 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
                   data=_data_fingerprint(x_tr, y_tr, x_val, y_val, x_te, y_te))
     x_tr, y_tr, x_val, y_val, x_te, y_te = (t.to(dev) for t in (x_tr, y_tr, x_val, y_val, x_te, y_te))
 
-    def train(model, kind, unit, lr=None):
+    def train(model, kind, unit, lr=None, seed=None):
         t = time.perf_counter()
-        hist = train_cifar(model, x_tr, y_tr, cfg.train_config(kind, lr), x_val=x_val, y_val=y_val,
+        hist = train_cifar(model, x_tr, y_tr, cfg.train_config(kind, lr, seed), x_val=x_val, y_val=y_val,
                            augment=cifar.augment, progress=progress, device=dev, checkpoint=ck.path(f"train_{unit}"))
         hist["wall_seconds"] = round(time.perf_counter() - t, 1)
         return hist
@@ -364,6 +371,11 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
         res[f"lowrank_{r}"].update(weight_change(clean, m))
     rows = layer_table(init, clean, scratch, ft)
     pert = {k: perturbations(models[k], x_te[:16], y_te[:16], cfg) for k in ("clean", "adv_from_clean")}
+    if cfg.direction_controls:  # last, so every run above is computed exactly as without them
+        for key, kind, seed in DIRECTION_CONTROLS:
+            controls[key] = copy.deepcopy(clean)
+            h = train(controls[key], kind, key, seed=cfg.seed + seed)
+            res[key] = {**evaluate(controls[key], key), "history": h, **weight_change(clean, controls[key])}
     result = {
         "device": str(dev), "model": name, "data": data.describe(), "n_train": int(x_tr.shape[0]), "n_holdout": cfg.holdout,
         "n_test": int(y_te.shape[0]), "is_subset": data.is_subset,
@@ -391,7 +403,8 @@ def run_cifar(cfg: CifarConfig, data_dir=None, device=None, progress=None, profi
 
 LABELS = {"clean": "(a) clean", "clean_other": "(a) clean, attacked in other norm", "adv_scratch": "(b) adversarial, from scratch",
           "adv_from_clean": "(c) adversarial, from clean", "adv_from_clean_pgd": "(c') PGD adversarial, from clean",
-          "adv_from_clean_other": "(c'') adversarial, from clean, other norm", "init": "initialisation (sanity check)"}
+          "adv_from_clean_other": "(c'') adversarial, from clean, other norm", "init": "initialisation (sanity check)",
+          "adv_from_clean_seed1": "(c) again, seed + 1 (control)", "ft_clean": "control: (c)'s schedule without attack"}
 
 
 def attack_label(ev: dict) -> str:
@@ -420,7 +433,8 @@ def accuracy_rows(result: dict, controls: bool = False) -> list[dict]:
     ``seconds`` (training wall time)."""
     ex = result["experiments"]
     order = ["clean", "clean_other", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other"]
-    order += sorted((k for k in ex if k.startswith("lowrank_")), key=lambda k: ex[k]["rank"]) + ["bn_only", "init"]
+    order += sorted((k for k in ex if k.startswith("lowrank_")), key=lambda k: ex[k]["rank"]) + ["bn_only"]
+    order += [k for k, _, _ in DIRECTION_CONTROLS] + ["init"]
     if controls:
         order = [k for k in ex if k.startswith("frozen_bn_")]
     rows = []
@@ -484,14 +498,17 @@ def frozen_bn_control(result: dict, historical: dict | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------ persistence
 
 MODEL_KEYS = ("init", "clean", "adv_scratch", "adv_from_clean")
+# the controls of the direction of (c)'s change: (key, training kind, seed offset), trained from the clean model
+DIRECTION_CONTROLS = (("adv_from_clean_seed1", "ft", 1), ("ft_clean", "ft_clean", 0))
 
 
 def model_keys(cfg: CifarConfig) -> list[str]:
-    """The models a run of ``cfg`` saves: (a)-(c), (c') and (c'') when run, (d) for every rank, and the
-    batch-norm-only control when run."""
+    """The models a run of ``cfg`` saves: (a)-(c), (c') and (c'') when run, (d) for every rank, the
+    batch-norm-only control and the direction controls when run."""
     keys = list(MODEL_KEYS)
     keys += ["adv_from_clean_pgd"] * bool(cfg.pgd_ft_epochs) + ["adv_from_clean_other"] * bool(cfg.other_norm_epochs)
-    return keys + [f"lowrank_{r}" for r in cfg.ranks] + ["bn_only"] * cfg.bn_only_control
+    keys += [f"lowrank_{r}" for r in cfg.ranks] + ["bn_only"] * cfg.bn_only_control
+    return keys + [k for k, _, _ in DIRECTION_CONTROLS] * cfg.direction_controls
 
 
 def save_run(result: dict, folder) -> None:
