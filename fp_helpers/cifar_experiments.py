@@ -828,6 +828,66 @@ def cosine_bounds(result: dict) -> dict:
                                        default=float("nan"))}
 
 
+# the runs whose weight change the chapter compares with (c)'s: (key, column label); a missing one is left out
+DIRECTION_RUNS = (("adv_from_clean_seed1", "(c), seed + 1"), ("adv_from_clean_pgd", "(c') PGD"),
+                  ("adv_from_clean_other", "(c'') l2"), ("ft_clean", "no attack"), ("adv_scratch", "towards (b)"))
+
+
+@torch.no_grad()
+def change_directions(models: dict, rank: int | None = None, seed: int = 0) -> dict:
+    """Which directions adversarial training from the clean model, (c), changed, layer by layer.
+
+    With ``W`` the clean weights and ``D = W_(c) - W`` (c)'s change, per conv / linear layer:
+    ``shrink``, the cosine of ``D`` with ``-W`` (the part of the change that only rescales the weights, as
+    weight decay does; its square is that part's share of ``||D||^2``); and the cosine of ``D`` with the change
+    of every run of :data:`DIRECTION_RUNS` present in ``models`` (``W_run - W``; for (b), the direction from the
+    clean weights towards the weights trained from scratch), both changes first projected orthogonally to ``W``,
+    so that a shared rescaling does not count as a shared direction. ``random`` is ``1/sqrt(n)`` for a layer of
+    ``n`` weights: the root-mean-square cosine of two independent random directions, the scale of "unrelated".
+    ``top_r`` is the share of ``||D||^2`` in its best rank-``rank`` approximation (default: the largest low-rank
+    run's rank, else 8) and ``top_r_random`` the same for a Gaussian matrix of the layer's shape (seeded by
+    ``seed``): a change more concentrated than that has a few dominant directions.
+
+    Returns ``rows`` (one dict per layer), ``columns`` (the runs compared, in order, with their labels),
+    ``medians`` over layers, ``rank``, and, for the control without attack, ``above_control``: in how many
+    layers (c)'s direction agrees more with the repeat at another seed than with the control."""
+    needed = ("clean", "adv_from_clean")
+    missing = [k for k in needed if k not in models]
+    if missing:
+        raise ValueError(f"change_directions needs the models {', '.join(needed)}; missing: {', '.join(missing)}")
+    if rank is None:
+        low = [int(k.split("_")[1]) for k in models if k.startswith("lowrank_")]
+        rank = max(low) if low else 8
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    columns = [(k, label) for k, label in DIRECTION_RUNS if k in models]
+    mats = {k: dict(cm.named_weight_matrices(models[k])) for k in ("clean", "adv_from_clean", *[k for k, _ in columns])}
+    gen = torch.Generator().manual_seed(seed)
+
+    def perp(d, w):
+        return d - (d.flatten() @ w.flatten()) / (w.flatten() @ w.flatten()) * w
+
+    rows = []
+    for name, w in mats["clean"].items():
+        w = w.double().cpu()
+        d = mats["adv_from_clean"][name].double().cpu() - w
+        d_perp = perp(d, w)
+        row = {"layer": name, "n": w.numel(), "rel_change": (d.norm() / w.norm()).item(), "shrink": _flat_cos(d, -w),
+               "random": 1 / math.sqrt(w.numel())}
+        for key, _ in columns:
+            row[key] = _flat_cos(d_perp, perp(mats[key][name].double().cpu() - w, w))
+        row["top_r"] = pur.update_spectrum(w, w + d).share(rank)
+        noise = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+        row["top_r_random"] = pur.update_spectrum(torch.zeros_like(noise), noise).share(rank)
+        rows.append(row)
+    keys = [k for k in rows[0] if k not in ("layer", "n")]
+    medians = {k: float(torch.tensor([r[k] for r in rows]).median()) for k in keys}
+    out = {"rows": rows, "columns": columns, "medians": medians, "rank": rank, "above_control": None}
+    if "adv_from_clean_seed1" in models and "ft_clean" in models:
+        out["above_control"] = sum(r["adv_from_clean_seed1"] > r["ft_clean"] for r in rows)
+    return out
+
+
 def lowrank_summary(result: dict) -> dict:
     """The low-rank section's numbers: table ``rows`` (rank, parameters in A and B, trainable parameters, clean and
     PGD accuracy, median cosine with the clean weights; the full run (c) last), the ``best`` and ``worst`` rank by

@@ -82,9 +82,73 @@ def test_profiles_evaluate_with_the_issue_attacks():
     assert full.train_config("pgd_ft").describe() == "PGD-7 (random start), linf, eps=8/255, alpha=2/255"
     assert full.train_config("other_ft").describe() == "FGSM-RS, l2, eps=0.5, alpha=0.625"
     assert model_keys(cifar_config("quick", ["pgd_ft_epochs=0", "other_norm_epochs=0"])) == [
-        "init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_4", "bn_only"]
+        "init", "clean", "adv_scratch", "adv_from_clean", "lowrank_1", "lowrank_4", "bn_only", "adv_from_clean_seed1",
+        "ft_clean"]
     assert "bn_only" not in model_keys(cifar_config("quick", ["bn_only_control=false"]))
+    assert not {"adv_from_clean_seed1", "ft_clean"} & set(model_keys(cifar_config("quick", ["direction_controls=false"])))
+    # the control without attack is (c)'s schedule exactly, the attack left out
+    ft, ft_clean = full.train_config("ft"), full.train_config("ft_clean")
+    assert ft_clean.attack == "none" and ft.attack == "fgsm_rs"
+    attack_only = ("attack", "alpha")  # the attack and its step size
+    assert {k: v for k, v in vars(ft_clean).items() if k not in attack_only} == {
+        k: v for k, v in vars(ft).items() if k not in attack_only}
+    assert full.train_config("ft", seed=1).seed == 1 and ft.seed == 0
 
+
+
+def _changed(clean, change):
+    """A copy of ``clean`` whose conv / linear weights are ``W + change(name, W)``."""
+    import copy
+
+    m = copy.deepcopy(clean)
+    for name, mod in cm._weight_layers(m):
+        mod.weight.data += change(name, mod.weight.data).view_as(mod.weight)
+    return m
+
+
+def test_change_directions_separates_a_shared_direction_from_a_shared_rescaling():
+    from fp_helpers.cifar_experiments import change_directions
+
+    clean = cm.make_model("small_resnet", seed=0, width=4)
+    g = torch.Generator().manual_seed(1)
+    rank1 = {}  # one fixed rank-1 direction per layer: what (c) and its repeat share
+    for name, w in cm.named_weight_matrices(clean):
+        a, b = torch.randn(w.shape[0], 1, generator=g), torch.randn(1, w.shape[1], generator=g)
+        rank1[name] = (a @ b) * 0.05 * w.norm() / (a @ b).norm()
+
+    def shared(name, w):  # weight decay's rescaling plus the shared rank-1 direction
+        return -0.1 * w.reshape(w.shape[0], -1) + rank1[name]
+
+    def other(name, w):  # the same rescaling, plus an unrelated random direction of the same size
+        r = torch.randn(w.reshape(w.shape[0], -1).shape, generator=g)
+        return -0.1 * w.reshape(w.shape[0], -1) + r * 0.05 * w.norm() / r.norm()
+
+    models = {"clean": clean, "adv_from_clean": _changed(clean, shared),
+              "adv_from_clean_seed1": _changed(clean, lambda n, w: shared(n, w) + 0.1 * rank1[n]),
+              "ft_clean": _changed(clean, other), "lowrank_2": clean}
+    out = change_directions(models)
+    assert out["rank"] == 2  # the largest low-rank run's rank
+    assert [k for k, _ in out["columns"]] == ["adv_from_clean_seed1", "ft_clean"]  # only the runs present
+    for row in out["rows"]:
+        w = dict(cm.named_weight_matrices(clean))[row["layer"]].double()
+        d = -0.1 * w + rank1[row["layer"]].double()
+        assert row["shrink"] == pytest.approx((-(d * w).sum() / (d.norm() * w.norm())).item(), abs=1e-6)
+        assert row["shrink"] > 0.5  # most of the change is the rescaling ...
+        assert row["adv_from_clean_seed1"] > 0.99  # ... but the shared direction is found once it is projected out
+        assert abs(row["ft_clean"]) < 5 * row["random"]  # and the shared rescaling alone does not count
+        assert row["random"] == pytest.approx(1 / math.sqrt(row["n"]))
+        assert 0 < row["top_r_random"] < 1 and 0 < row["top_r"] <= 1 + 1e-9
+    assert out["above_control"] == len(out["rows"])
+    assert set(out["medians"]) >= {"shrink", "adv_from_clean_seed1", "ft_clean", "top_r", "top_r_random"}
+    # a rank-1 change is all in its top direction; a Gaussian matrix is not
+    pure = change_directions({"clean": clean, "adv_from_clean": _changed(clean, lambda n, w: rank1[n])}, rank=1)
+    for row in pure["rows"]:
+        assert row["top_r"] == pytest.approx(1.0, abs=1e-9) and row["top_r_random"] < 0.9
+    assert pure["above_control"] is None and pure["columns"] == []
+    with pytest.raises(ValueError, match="adv_from_clean"):
+        change_directions({"clean": clean})
+    with pytest.raises(ValueError, match="rank"):
+        change_directions(models, rank=0)
 
 @needs_subset
 def test_run_cifar_reports_every_experiment(tiny_run):
@@ -92,7 +156,8 @@ def test_run_cifar_reports_every_experiment(tiny_run):
     ex = r["experiments"]
     frozen = frozen_bn_key(2, 0.01)
     assert list(ex) == ["init", "clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd",
-                        "adv_from_clean_other", "clean_other", "lowrank_1", "lowrank_2", "bn_only", frozen]
+                        "adv_from_clean_other", "clean_other", "lowrank_1", "lowrank_2", "bn_only", frozen,
+                        "adv_from_clean_seed1", "ft_clean"]
     for key in ex:
         assert 0 <= ex[key]["robust_acc"] <= ex[key]["clean_acc"] <= 1, key
     # the attacks: the main norm at 8/255, the other norm (and its clean baseline) at l2 0.5
@@ -106,7 +171,16 @@ def test_run_cifar_reports_every_experiment(tiny_run):
     assert ex["clean_other"]["clean_acc"] == ex["clean"]["clean_acc"]  # the same model
     assert ex[frozen]["rank"] == 2 and ex[frozen]["lr"] == 0.01 and ex[frozen]["train_bn"] is False
     assert ex[frozen]["history"]["config"]["lr"] == 0.01
-    for key in ("adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other", "lowrank_1", "lowrank_2", frozen):
+    # the direction controls: (c) with the next seed, and (c)'s schedule without attack, both from the clean weights
+    seed1, ft_clean = ex["adv_from_clean_seed1"]["history"], ex["ft_clean"]["history"]
+    assert seed1["config"] == {**ex["adv_from_clean"]["history"]["config"], "seed": cfg.seed + 1}
+    assert seed1["attack"] == ex["adv_from_clean"]["history"]["attack"] and ft_clean["attack"] == "clean training"
+    assert ft_clean["config"]["lr"] == ex["adv_from_clean"]["history"]["config"]["lr"]
+    assert len(ft_clean["epoch"]) == len(seed1["epoch"]) == cfg.ft_epochs
+    W = {k: dict(cm.named_weight_matrices(r["_models"][k])) for k in ("clean", "adv_from_clean", "adv_from_clean_seed1")}
+    assert all(not torch.equal(W["adv_from_clean"][n], W["adv_from_clean_seed1"][n]) for n in W["clean"])  # another seed
+    for key in ("adv_from_clean", "adv_from_clean_pgd", "adv_from_clean_other", "lowrank_1", "lowrank_2", frozen,
+                "adv_from_clean_seed1", "ft_clean"):
         assert -1 <= ex[key]["cos_clean_median"] <= 1 and ex[key]["rel_change_median"] >= 0, key
         assert list(ex[key]["cos_clean_layers"]) == [row["layer"] for row in r["layers"]], key
     assert ex["adv_from_clean"]["cos_clean_layers"] == {row["layer"]: row["cos_clean_ft"] for row in r["layers"]}
