@@ -888,6 +888,54 @@ def change_directions(models: dict, rank: int | None = None, seed: int = 0) -> d
     return out
 
 
+def direction_verdicts(dirs: dict) -> dict:
+    """Sentences for the chapter from a :func:`change_directions` result (medians over layers):
+    ``reproducible`` (does (c)'s direction agree more with its repeat at another seed than with the training
+    without attack, and in how many layers), ``scratch`` (how far it heads towards (b), measured against the
+    repeat's agreement) and ``lowrank`` (its top-rank energy share against a Gaussian matrix's, per layer)."""
+    med, rows = dirs["medians"], dirs["rows"]
+    n_layers, out = len(rows), {"reproducible": "", "scratch": "", "lowrank": ""}
+
+    def where(k):
+        return "in every layer" if k == n_layers else f"in {k} of the {n_layers} layers"
+
+    k = dirs["above_control"]
+    if k is not None:
+        s1, ctrl = med["adv_from_clean_seed1"], med["ft_clean"]
+        if s1 > ctrl and 2 * k > n_layers:
+            out["reproducible"] = (f"(c)'s direction agrees more with its repeat at another seed than with the training "
+                                   f"without attack {where(k)}: adversarial training from the clean weights changes them in "
+                                   f"a direction that other batches reproduce and that further training without the "
+                                   f"attack shares only in part.")
+        else:
+            out["reproducible"] = (f"(c)'s direction agrees more with its repeat at another seed than with the training "
+                                   f"without attack only {where(k)}: at this scale its direction cannot be told from what "
+                                   f"further training without the attack does.")
+    if "adv_scratch" in med:
+        t = med["adv_scratch"]
+        ref = med.get("adv_from_clean_seed1")
+        if ref is not None and t < ref / 4:
+            out["scratch"] = (f"Towards (b) it heads hardly at all (less than a quarter of its agreement with its own "
+                              f"repeat): from the clean weights, adversarial training finds robustness in another "
+                              f"direction than the robust weights found from scratch.")
+        elif ref is not None:
+            out["scratch"] = ("It heads partly towards (b): some of the direction is the one towards the robust weights "
+                              "found from scratch.")
+    above = sum(r["top_r"] > r["top_r_random"] for r in rows)
+    r = dirs["rank"]
+    if above == n_layers:
+        out["lowrank"] = (f"in every layer (c)'s change is more concentrated in its top {r} directions than a random "
+                          f"matrix, though the rank-{r} approximation still leaves out {1 - med['top_r']:.0%} of it "
+                          f"(median).")
+    elif above:
+        out["lowrank"] = (f"(c)'s change is more concentrated in its top {r} directions than a random matrix {where(above)} "
+                          f"only; the rank-{r} approximation leaves out {1 - med['top_r']:.0%} of it (median).")
+    else:
+        out["lowrank"] = (f"in no layer is (c)'s change more concentrated in its top {r} directions than a random "
+                          f"matrix: it is not low-rank.")
+    return out
+
+
 def lowrank_summary(result: dict) -> dict:
     """The low-rank section's numbers: table ``rows`` (rank, parameters in A and B, trainable parameters, clean and
     PGD accuracy, median cosine with the clean weights; the full run (c) last), the ``best`` and ``worst`` rank by

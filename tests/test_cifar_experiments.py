@@ -150,6 +150,33 @@ def test_change_directions_separates_a_shared_direction_from_a_shared_rescaling(
     with pytest.raises(ValueError, match="rank"):
         change_directions(models, rank=0)
 
+
+def test_direction_verdicts_follow_the_numbers():
+    from fp_helpers.cifar_experiments import direction_verdicts
+
+    def dirs(seed1, control, scratch, top, top_random, layers=4):
+        rows = [{"adv_from_clean_seed1": seed1[i], "ft_clean": control[i], "adv_scratch": scratch,
+                 "top_r": top[i], "top_r_random": top_random} for i in range(layers)]
+        med = {k: float(torch.tensor([r[k] for r in rows]).median()) for k in rows[0]}
+        return {"rows": rows, "medians": med, "rank": 8,
+                "above_control": sum(r["adv_from_clean_seed1"] > r["ft_clean"] for r in rows)}
+
+    v = direction_verdicts(dirs([0.8] * 4, [0.2] * 4, 0.05, [0.9] * 4, 0.5))
+    assert "in every layer" in v["reproducible"] and "shares only in part" in v["reproducible"]
+    assert "hardly at all" in v["scratch"] and "in every layer" in v["lowrank"] and "10%" in v["lowrank"]
+    v = direction_verdicts(dirs([0.8, 0.1, 0.1, 0.1], [0.2] * 4, 0.5, [0.9, 0.1, 0.1, 0.1], 0.5))
+    assert "only in 1 of the 4 layers" in v["reproducible"] and "cannot be told" in v["reproducible"]
+    assert "partly towards (b)" in v["scratch"] and "in 1 of the 4 layers" in v["lowrank"]
+    v = direction_verdicts(dirs([0.8] * 4, [0.2] * 4, 0.05, [0.1] * 4, 0.5))
+    assert "not low-rank" in v["lowrank"]
+    no_controls = dirs([0.8] * 4, [0.2] * 4, 0.05, [0.9] * 4, 0.5)
+    no_controls["above_control"] = None
+    for r in no_controls["rows"]:
+        del r["adv_from_clean_seed1"], r["ft_clean"]
+    del no_controls["medians"]["adv_from_clean_seed1"], no_controls["medians"]["ft_clean"]
+    v = direction_verdicts(no_controls)
+    assert v["reproducible"] == "" and v["scratch"] == ""  # nothing to compare with: no sentence
+
 @needs_subset
 def test_run_cifar_reports_every_experiment(tiny_run):
     cfg, r = tiny_run
