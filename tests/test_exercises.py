@@ -47,6 +47,18 @@ def test_oracle_radius_against_pgd_noise_free():
     below, above = attacks.robust_curve(purified_oracle(dist, 10.0, 0.1), x, y, [0.95 * r, 1.05 * r], spec)
     assert below == 1.0  # the proposition: robust below r* at every noise-free point
     assert above < 1 - 0.5 * exercises.abs_sign_sum_pmf(5)[1]  # most |S| = 1 points fall above it
+    # the proposition's worst case: every active atom moved against the label, delta = -tau y sum_{j in A} M_j / sqrt k,
+    # keeps every |S| = 1 point just below r* and flips every one just above it (moving atom j along z_j instead
+    # would cancel: sum_A z_j = S)
+    x0, y0, z0 = dist.sample(300, torch.Generator().manual_seed(1), return_code=True)
+    one = z0.sum(1).abs() == 1
+    assert one.sum() > 50
+    direction = -y0[:, None] * ((z0 != 0).float() @ dist.M.T) / math.sqrt(5)
+    assert torch.allclose(direction.norm(dim=1), torch.ones(300), atol=1e-5)
+    net = purified_oracle(dist, 10.0, 0.1)
+    with torch.no_grad():
+        assert (y0 * net(x0 + 0.99 * r * direction) > 0)[one].all()
+        assert (y0 * net(x0 + 1.01 * r * direction) <= 0)[one].all()
 
 
 def test_chebyshev_bound_and_random_attack():
