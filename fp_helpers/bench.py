@@ -481,7 +481,8 @@ def _device_label(device: torch.device) -> str:
     except OSError:
         pass
     isa = cpu_capability()
-    return f"CPU ({name}{f', {isa}' if isa else ''}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({name}{f', {isa}' if isa else ''}, {n} thread{'s' if n != 1 else ''})"
 
 
 def device_slug(device=None) -> str:

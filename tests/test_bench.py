@@ -119,7 +119,8 @@ def test_bench_all_writes_the_json_with_environment_and_figures(tmp_path):
 
 def test_default_path_is_named_after_the_device():
     slug = bench.device_slug("cpu")
-    assert slug.startswith("cpu-") and slug.endswith(f"-{torch.get_num_threads()}-threads")
+    n = torch.get_num_threads()
+    assert slug.startswith("cpu-") and slug.endswith(f"-{n}-thread{'s' if n != 1 else ''}")  # "1 thread", "2 threads"
     assert all(c.isalnum() or c == "-" for c in slug)
     assert str(bench.default_bench_path("cpu")) == f"results/bench/{slug}.json"
 
