@@ -647,7 +647,8 @@ def notebook_times_log(path: str | Path = "results/execution_times.json", this_p
         r = json.loads(run.read_text())
         prov, env = r.get("provenance") or {}, r.get("environment") or {}
         extra[chapter] = [f"{chapter} (training run)", prov.get("profile") or env.get("profile") or "-",
-                          env.get("device_name") or r.get("device", "-"), format_seconds(float(r["seconds"])), "-",
+                          re.sub(r"\b1 threads\)", "1 thread)", env.get("device_name") or r.get("device", "-")),
+                          format_seconds(float(r["seconds"])), "-",
                           prov.get("commit") or "-", str(prov.get("date", "-"))[:10],
                           f"training of the saved run {portable_paths(str(run.resolve()))} that the `full` row loads; "
                           f"not part of the notebook's time"]

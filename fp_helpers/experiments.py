@@ -523,9 +523,10 @@ def first_step_reaching(history, key: str, level: float):
 
 def regime_glue(results: dict) -> dict:
     """The numbers the regime section of the adversarial chapter quotes, from ``{letter: run synthetic result}``
-    (regimes C, D, F and G of ``results/regimes``), named as the chapter glues them (``reg_<letter>_<what>``)."""
+    (every regime given; G, whose trajectory the chapter follows, is needed), named as the chapter glues them
+    (``reg_<letter>_<what>``)."""
     out = {}
-    for key in ("C", "D", "F", "G"):
+    for key in sorted(results):
         r = results[key]
         c, a, p, conf = r["clean"], r["adversarial"], r["principle"], r["config"]
         out.update({f"reg_{key}_holds": p["holds_fraction"], f"reg_{key}_ratio": p["ratio_median"],
@@ -536,6 +537,7 @@ def regime_glue(results: dict) -> dict:
                     f"reg_{key}_top1_clean": c["top1_energy_median"], f"reg_{key}_top1_adv": a["top1_energy_median"]})
     hist = results["G"]["adversarial_history"]
     out.update(reg_G_holds_first=hist[1]["principle_holds"], reg_G_first_step=hist[1]["step"],
+               reg_G_robust_first=hist[1]["robust_acc"],
                reg_G_step_95=first_step_reaching(hist, "robust_acc", 0.95),
                reg_d=results["G"]["config"]["d"],
                # median |cos| of two independent random directions in R^d (~0.6745 / sqrt(d)): the "no correlation" level

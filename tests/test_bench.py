@@ -338,6 +338,7 @@ def test_notebook_times_log_marks_this_page_and_adds_the_training_run(tmp_path):
     assert body[0][3:5] == ["8.0 s", "14.5 s"] and body[1][3:5] == ["12.0 s", "-"]  # CPU time where recorded
     training = body[2]
     assert training[3] == "42.0 min" and training[4] == "-" and training[5] == "def" and training[6] == "2026-11-30"
+    assert training[2] == "CPU (x86_64, 1 thread)"  # recorded by an older label as "1 threads"
     assert "not part of the notebook's time" in training[7]
     assert "previous execution" in body[3][7] and all("previous" not in "".join(r) for r in body[:3])
     # without the new arguments: the same rows as before, no notes

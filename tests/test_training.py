@@ -182,7 +182,11 @@ def test_regime_glue_reads_the_committed_regimes_and_finds_the_first_step():
     G = reg["G"]
     assert g["reg_G_robust"] == G["adversarial"]["robust_acc"] and g["reg_C_lr"] == reg["C"]["config"]["adv_lr"]
     assert g["reg_F_holds"] == reg["F"]["principle"]["holds_fraction"]
+    # every regime given is glued (the chapter compares the dead zones of B to G)
+    assert all(f"reg_{k}_robust" in g and g[f"reg_{k}_beta"] == reg[k]["config"]["beta"] for k in reg)
+    assert g["reg_E_robust"] == reg["E"]["adversarial"]["robust_acc"]
     hist = G["adversarial_history"]
+    assert g["reg_G_robust_first"] == hist[1]["robust_acc"] and g["reg_G_first_step"] == hist[1]["step"]
     i = [r["step"] for r in hist].index(g["reg_G_step_95"])
     assert hist[i]["robust_acc"] >= 0.95 and all(r["robust_acc"] < 0.95 for r in hist[:i])
     assert 0.02 < g["reg_cos_chance"] < 0.05  # d = 400
