@@ -891,7 +891,8 @@ def change_directions(models: dict, rank: int | None = None, seed: int = 0) -> d
 def direction_verdicts(dirs: dict) -> dict:
     """Sentences for the chapter from a :func:`change_directions` result (medians over layers):
     ``reproducible`` (does (c)'s direction agree more with its repeat at another seed than with the training
-    without attack, and in how many layers), ``scratch`` (how far it heads towards (b), measured against the
+    without attack, and in how many layers; whether the control's agreement is within three times the random
+    scale), ``scratch`` (how far it heads towards (b), measured against the
     repeat's agreement) and ``lowrank`` (its top-rank energy share against a Gaussian matrix's, per layer)."""
     med, rows = dirs["medians"], dirs["rows"]
     n_layers, out = len(rows), {"reproducible": "", "scratch": "", "lowrank": ""}
@@ -903,10 +904,12 @@ def direction_verdicts(dirs: dict) -> dict:
     if k is not None:
         s1, ctrl = med["adv_from_clean_seed1"], med["ft_clean"]
         if s1 > ctrl and 2 * k > n_layers:
+            shared = ("does not take (its agreement with (c) is at the scale of unrelated directions)"
+                      if abs(ctrl) <= 3 * med["random"] else "shares only in part")
             out["reproducible"] = (f"(c)'s direction agrees more with its repeat at another seed than with the training "
                                    f"without attack {where(k)}: adversarial training from the clean weights changes them in "
                                    f"a direction that other batches reproduce and that further training without the "
-                                   f"attack shares only in part.")
+                                   f"attack {shared}.")
         else:
             out["reproducible"] = (f"(c)'s direction agrees more with its repeat at another seed than with the training "
                                    f"without attack only {where(k)}: at this scale its direction cannot be told from what "

@@ -156,7 +156,7 @@ def test_direction_verdicts_follow_the_numbers():
 
     def dirs(seed1, control, scratch, top, top_random, layers=4):
         rows = [{"adv_from_clean_seed1": seed1[i], "ft_clean": control[i], "adv_scratch": scratch,
-                 "top_r": top[i], "top_r_random": top_random} for i in range(layers)]
+                 "top_r": top[i], "top_r_random": top_random, "random": 0.02} for i in range(layers)]
         med = {k: float(torch.tensor([r[k] for r in rows]).median()) for k in rows[0]}
         return {"rows": rows, "medians": med, "rank": 8,
                 "above_control": sum(r["adv_from_clean_seed1"] > r["ft_clean"] for r in rows)}
@@ -169,6 +169,8 @@ def test_direction_verdicts_follow_the_numbers():
     assert "partly towards (b)" in v["scratch"] and "in 1 of the 4 layers" in v["lowrank"]
     v = direction_verdicts(dirs([0.8] * 4, [0.2] * 4, 0.05, [0.1] * 4, 0.5))
     assert "not low-rank" in v["lowrank"]
+    v = direction_verdicts(dirs([0.8] * 4, [0.05] * 4, 0.05, [0.9] * 4, 0.5))  # the control at the random scale
+    assert "does not take" in v["reproducible"] and "in every layer" in v["reproducible"]
     no_controls = dirs([0.8] * 4, [0.2] * 4, 0.05, [0.9] * 4, 0.5)
     no_controls["above_control"] = None
     for r in no_controls["rows"]:
