@@ -918,9 +918,9 @@ def direction_verdicts(dirs: dict) -> dict:
         t = med["adv_scratch"]
         ref = med.get("adv_from_clean_seed1")
         if ref is not None and t < ref / 4:
-            out["scratch"] = (f"Towards (b) it heads hardly at all (less than a quarter of its agreement with its own "
-                              f"repeat): from the clean weights, adversarial training finds robustness in another "
-                              f"direction than the robust weights found from scratch.")
+            out["scratch"] = ("Towards (b) it heads hardly at all (less than a quarter of its agreement with its own "
+                              "repeat): from the clean weights, adversarial training finds robustness in another "
+                              "direction than the robust weights found from scratch.")
         elif ref is not None:
             out["scratch"] = ("It heads partly towards (b): some of the direction is the one towards the robust weights "
                               "found from scratch.")
