@@ -872,17 +872,15 @@ def change_directions(models: dict, rank: int | None = None, seed: int = 0) -> d
         w = w.double().cpu()
         d = mats["adv_from_clean"][name].double().cpu() - w
         d_perp = perp(d, w)
-        row = {"layer": name, "n": w.numel(), "rel_change": (d.norm() / w.norm()).item(), "shrink": _flat_cos(d, -w),
-               "random": 1 / math.sqrt(w.numel())}
+        row = {"layer": name, "shape": list(w.shape), "rel_change": (d.norm() / w.norm()).item(),
+               "shrink": _flat_cos(d, -w), "random": 1 / math.sqrt(w.numel())}
         for key, _ in columns:
             row[key] = _flat_cos(d_perp, perp(mats[key][name].double().cpu() - w, w))
         row["top_r"] = pur.update_spectrum(w, w + d).share(rank)
         noise = torch.randn(w.shape, generator=gen, dtype=torch.float64)
         row["top_r_random"] = pur.update_spectrum(torch.zeros_like(noise), noise).share(rank)
         rows.append(row)
-    keys = [k for k in rows[0] if k not in ("layer", "n")]
-    medians = {k: float(torch.tensor([r[k] for r in rows]).median()) for k in keys}
-    out = {"rows": rows, "columns": columns, "medians": medians, "rank": rank, "above_control": None}
+    out = {"rows": rows, "columns": columns, "medians": layer_medians(rows), "rank": rank, "above_control": None}
     if "adv_from_clean_seed1" in models and "ft_clean" in models:
         out["above_control"] = sum(r["adv_from_clean_seed1"] > r["ft_clean"] for r in rows)
     return out

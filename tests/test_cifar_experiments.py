@@ -136,7 +136,7 @@ def test_change_directions_separates_a_shared_direction_from_a_shared_rescaling(
         assert row["shrink"] > 0.5  # most of the change is the rescaling ...
         assert row["adv_from_clean_seed1"] > 0.99  # ... but the shared direction is found once it is projected out
         assert abs(row["ft_clean"]) < 5 * row["random"]  # and the shared rescaling alone does not count
-        assert row["random"] == pytest.approx(1 / math.sqrt(row["n"]))
+        assert row["random"] == pytest.approx(1 / math.sqrt(math.prod(row["shape"])))
         assert 0 < row["top_r_random"] < 1 and 0 < row["top_r"] <= 1 + 1e-9
     assert out["above_control"] == len(out["rows"])
     assert set(out["medians"]) >= {"shrink", "adv_from_clean_seed1", "ft_clean", "top_r", "top_r_random"}
