@@ -3,6 +3,7 @@
     python -m fp_helpers run synthetic --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers run lower-bounds --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json
+    python -m fp_helpers run lowrank --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers bench synthetic|ntk|cifar|all [--steps N] [--batch B] [--batches N] [--compile] [--out FILE]
     python -m fp_helpers check FILE_OR_FOLDER ...     # is a saved result current? (exit 1 if not)
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from .provenance import write_json_atomic  # noqa: F401  (kept here: scripts import it from fp_helpers.__main__)
 
-EXPERIMENTS = ("synthetic", "lower-bounds", "cifar")
+EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank")
 BENCHES = ("synthetic", "ntk", "cifar", "all")
 
 
@@ -139,6 +140,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.out} in {m['seconds']:.1f}s | clean net: acc {m['clean']['clean_acc']:.3f}, "
                       f"PGD {m['clean']['robust_acc']:.3f} | adversarial net: acc "
                       f"{m['adversarial']['clean_acc']:.3f}, PGD {m['adversarial']['robust_acc']:.3f}")
+            elif args.experiment == "lowrank":
+                from .experiments import run_lowrank, synthetic_config
+
+                cfg = synthetic_config(profile, args.overrides, seed=args.seed)
+                if _is_current(args, cfg):
+                    return 0
+                result = run_lowrank(cfg, device=args.device, progress=args.progress, profile=profile,
+                                     checkpoint_dir=args.checkpoint_dir)
+                _stamp_command(result, "lowrank", profile, args, argv)
+                write_json_atomic(args.out, result)
+                best = max((t for t in result["trained"] if not t["diverged"]), key=lambda t: t["robust_acc"],
+                           default=None)
+                print(f"wrote {args.out} in {result['seconds']:.1f}s | full update: PGD "
+                      f"{result['run']['adversarial']['robust_acc']:.3f} | best rank-r training: "
+                      + (f"rank {best['rank']} {best['optimiser']} lr {best['lr']:g}: clean {best['clean_acc']:.3f}, "
+                         f"PGD {best['robust_acc']:.3f}" if best else "all diverged"))
             elif args.experiment == "cifar":
                 from .cifar_experiments import cifar_config, run_cifar, save_run
 

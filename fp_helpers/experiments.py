@@ -17,7 +17,7 @@ import torch
 from . import parallel
 from . import purification as pur
 from .attacks import AttackSpec, accuracy, robust_accuracy
-from .networks import LowRankTwoLayerNet, NetConfig, TwoLayerNet
+from .networks import AdamLowRankTwoLayerNet, LowRankTwoLayerNet, NetConfig, TwoLayerNet
 from .checkpoints import open_run
 from .provenance import stamp
 from .runs import apply_overrides, check_norm, get_device, get_profile, seed_everything
@@ -695,3 +695,93 @@ def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2,
                      f"{tr['clean_acc']:.3f} / {tr['robust_acc']:.3f}" if tr else "-"])
     cos_top_u = abs(torch.dot(spec.top_direction, s.dist.u)).item()
     return {"spectrum": spec, "cos_top_u": cos_top_u, "rows": rows, "trained": trained, "truncated": truncated}
+
+
+# ------------------------------------------------------------------------------------------- run lowrank
+
+# Rank-r training with other optimisers and step sizes than the chapter's one (SGD at cfg.lowrank_lr):
+# (optimiser, learning rate) pairs, each at every rank of LOWRANK_GRID_RANKS. SGD's step through W = W_base + A B^T
+# is scaled by A A^T and B B^T, so its rates are a decade around the chapter's; Adam's step is about lr per
+# coordinate of A and B, and its rates span the usual LoRA range and above.
+LOWRANK_GRID = (("sgd", 0.01), ("sgd", 0.03), ("sgd", 0.1), ("adam", 1e-3), ("adam", 3e-3), ("adam", 1e-2))
+LOWRANK_GRID_RANKS = (1, 4, 16)
+LOWRANK_OPTIMISERS = {"sgd": LowRankTwoLayerNet, "adam": AdamLowRankTwoLayerNet}
+
+
+def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, optimiser: str = "sgd",
+                  lr: float | None = None, progress=False) -> tuple[TwoLayerNet, History]:
+    """Adversarial training (the run's attack and schedule) of rank-``rank`` factors on ``start`` with
+    ``optimiser`` ("sgd" or "adam") at learning rate ``lr`` (default ``cfg.lowrank_lr``), drawing from
+    ``s.gen``. With SGD at ``cfg.lowrank_lr`` it is :func:`train_adversarial`'s rank-``rank`` training (same
+    weights: ``tests/test_lowrank.py``), without its progress evaluations."""
+    if optimiser not in LOWRANK_OPTIMISERS:
+        raise ValueError(f"unknown optimiser {optimiser!r}; allowed: {', '.join(LOWRANK_OPTIMISERS)}")
+    net = LOWRANK_OPTIMISERS[optimiser](start, rank, generator=s.gen)
+    net.beta = start.beta
+    tcfg = s.cfg.adv_train_config(lowrank=True)
+    if lr is not None:
+        tcfg = replace(tcfg, lr=float(lr)).validate()
+    hist = train(net, s.dist, tcfg, s.gen, progress=progress,
+                 desc=f"{tcfg.attack} training (rank {rank}, {optimiser}, lr {tcfg.lr:g})")
+    return net, hist
+
+
+def _lowrank_grid_unit(cfg: SyntheticConfig, rank: int, optimiser: str, lr: float, W0: torch.Tensor,
+                       W_clean: torch.Tensor, beta: float, device) -> dict:
+    """One (rank, optimiser, lr) of :func:`run_lowrank`, from tensors and the config alone (a worker can run it):
+    trained from :func:`lowrank_seed` as in :func:`lowrank_study`, then evaluated as every network of the run.
+    A training whose loss stops being finite is reported as diverged (with its step), not raised."""
+    s = setup(cfg, device)
+    s = replace(s, gen=torch.Generator(device=s.device).manual_seed(lowrank_seed(cfg, rank)))
+    start = _net_from_state(cfg, {"W": W_clean.to(s.device), "beta": beta}, s.device)
+    row = {"rank": int(rank), "optimiser": optimiser, "lr": float(lr)}
+    try:
+        net, hist = lowrank_train(s, start, W0.to(s.device), rank, optimiser, lr)
+    except FloatingPointError as e:
+        return {**row, "diverged": str(e)}
+    ev = evaluate(net, s, W0.to(s.device))
+    update = net.update.detach()
+    return {**row, "diverged": None, "clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
+            "fgm_acc": ev["fgm_acc"], "final_loss": hist.rows[-1]["loss"],
+            "update_rel_norm": (update.norm() / W_clean.norm()).item(),
+            "mixture_norm_median": ev["mixture_norm_median"]}
+
+
+def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str | None = None,
+                checkpoint_dir=None, grid=LOWRANK_GRID, ranks=LOWRANK_GRID_RANKS,
+                truncation_ranks=(1, 2, 4, 16, 64), workers: int | None = None) -> dict:
+    """The low-rank question for one synthetic run (a regime of ``results/regimes``), asked more widely than
+    the chapter's :func:`lowrank_study`: the run itself (:func:`run_synthetic`, the same weights and numbers as
+    ``run synthetic`` with this config), the truncations of its full update, and rank-``r`` training at every
+    ``ranks`` with every ``(optimiser, lr)`` of ``grid``. Returns plain numbers, stamped like every run
+    (``config``, ``provenance``): ``run`` (clean and adversarial accuracy, PGD accuracy, the principle's share),
+    ``spectrum`` (energy shares, relative size, |cos(top, u)|), ``truncated`` and ``trained`` (lists of rows)."""
+    cfg = _check_config(cfg)
+    t0 = time.perf_counter()
+    run = run_synthetic(cfg, device=device, progress=progress, curves=False, checkpoint_dir=checkpoint_dir)
+    s = run.setup
+    study = lowrank_study(run, trained_ranks=(), truncation_ranks=truncation_ranks, workers=workers)
+    spec = study["spectrum"]
+    grid = [(str(o), float(lr)) for o, lr in grid]
+    jobs = [(int(r), o, lr) for r in ranks for o, lr in grid]
+    n = parallel.n_workers(len(jobs), s.device, 2 * cfg.adv_steps, workers)
+    W0, Wc = (run.W0, run.clean.weight.detach()) if n == 1 else (run.W0.cpu(), run.clean.weight.detach().cpu())
+    dev = s.device if n == 1 else "cpu"
+    tasks = [(cfg, r, o, lr, W0, Wc, float(run.clean.beta), dev) for r, o, lr in jobs]
+    trained: list = [None] * len(jobs)
+    for i, res in parallel.run_unordered(_lowrank_grid_unit, tasks, n):
+        trained[i] = res
+    m = run.metrics
+    out = {
+        "run": {key: {"clean_acc": m[key]["clean_acc"], "robust_acc": m[key]["robust_acc"]}
+                for key in ("clean", "adversarial")},
+        "principle_holds_fraction": m["principle"]["holds_fraction"],
+        "spectrum": {"energy_share": {int(r): spec.share(int(r)) for r in (1, 2, 4, 16, 64) if r <= min(Wc.shape)},
+                     "relative_size": spec.relative_size, "cos_top_u": study["cos_top_u"]},
+        "truncated": [{"rank": int(r), **v} for r, v in sorted(study["truncated"].items())],
+        "trained": trained,
+        "chapter_lr": cfg.lowrank_lr,
+    }
+    stamp(out, "lowrank", cfg, profile, s.device)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out

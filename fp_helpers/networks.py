@@ -193,6 +193,27 @@ class LowRankTwoLayerNet(TwoLayerNet):
         self.B.sub_(grad_b, alpha=lr)
 
 
+class AdamLowRankTwoLayerNet(LowRankTwoLayerNet):
+    """:class:`LowRankTwoLayerNet` whose factors take Adam steps (the optimiser LoRA is trained with) instead
+    of SGD steps: :func:`fp_helpers.training.train` hands ``sgd_step`` the gradient in ``W`` and the step's
+    size ``lr``, and Adam (``torch.optim.Adam``, default betas) moves ``A`` and ``B`` from the chain rule's
+    gradients. Adam's step is about ``lr`` per coordinate whatever the gradient's scale, which SGD's is not:
+    through ``W = W_base + A B^T`` SGD's step in ``W`` is scaled by ``A A^T`` and ``B B^T``."""
+
+    def __init__(self, base: TwoLayerNet, rank: int, generator: torch.Generator | None = None):
+        super().__init__(base, rank, generator=generator)
+        self._adam = torch.optim.Adam([self.A, self.B], lr=1e-3)
+
+    @torch.no_grad()
+    def sgd_step(self, grad_w: torch.Tensor, lr: float) -> None:
+        self.A.grad = grad_w @ self.B
+        self.B.grad = grad_w.T @ self.A
+        for group in self._adam.param_groups:
+            group["lr"] = lr
+        self._adam.step()
+        self.A.grad = self.B.grad = None
+
+
 def purified_oracle(dist, scale: float = 10.0, beta: float = 0.1, config: NetConfig | None = None) -> TwoLayerNet:
     """The purified network of the theory: one neuron per atom, ``w_j = scale * M_j``, dead zone ``beta``.
 

@@ -4,7 +4,7 @@ Every result fp_helpers writes (``python -m fp_helpers run ... --out``, ``result
 ``results/lower_bounds``, ``results/cifar``, the entries of ``results/execution_times.json``) carries its
 ``config`` and a ``provenance`` block (:func:`record`)::
 
-    experiment   synthetic | lower-bounds | cifar | seed_curves | notebook
+    experiment   synthetic | lower-bounds | cifar | lowrank | seed_curves | notebook
     command      the exact command that recomputes it (``python -m fp_helpers run ...``)
     profile, device, device_name
     fp_helpers   the package version;  commit / dirty: git HEAD and uncommitted changes under fp_helpers/
@@ -59,6 +59,7 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "seed_curves": ("experiments.seed_curves",),
     "lower-bounds": ("lower_bounds.run_lower_bounds",),
     "cifar": ("cifar_experiments.run_cifar",),
+    "lowrank": ("experiments.run_lowrank",),
 }
 # "bench": the benchmarks time the package's code, so their results depend on every definition bench.py reaches
 # (bench.py itself is bookkeeping: it measures, it computes no number of the book)
@@ -346,7 +347,7 @@ def stamp(result: dict, experiment: str, config, profile: str | None = None, dev
 
     result["config"] = config_dict(config)
     result["environment"] = environment(profile, device)
-    if command is None and experiment in ("synthetic", "lower-bounds", "cifar"):
+    if command is None and experiment in ("synthetic", "lower-bounds", "cifar", "lowrank"):
         command = cli_command(experiment, result["environment"]["profile"], result["config"], out, extra_args)
     result["provenance"] = record(experiment, profile, device, command)
     return result
@@ -369,7 +370,7 @@ def _fmt(v) -> str:
 
 def profile_config(experiment: str, profile: str, overrides=None, seed: int | None = None) -> dict:
     """The config (plain dict) that ``run <experiment> --profile <profile> --set ...`` gives today."""
-    if experiment == "synthetic":
+    if experiment in ("synthetic", "lowrank"):  # lowrank: a synthetic run's config (its grid is code)
         from .experiments import synthetic_config
 
         return config_dict(synthetic_config(profile, overrides, seed=seed))
@@ -381,7 +382,7 @@ def profile_config(experiment: str, profile: str, overrides=None, seed: int | No
         from .cifar_experiments import cifar_config
 
         return config_dict(cifar_config(profile, overrides, seed=seed))
-    raise ValueError(f"no command-line experiment {experiment!r}; allowed: synthetic, lower-bounds, cifar")
+    raise ValueError(f"no command-line experiment {experiment!r}; allowed: synthetic, lower-bounds, cifar, lowrank")
 
 
 def cli_command(experiment: str, profile: str, config: dict, out: str | Path | None = None,
