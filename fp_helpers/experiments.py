@@ -785,3 +785,96 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
     stamp(out, "lowrank", cfg, profile, s.device)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def lowrank_grid_results(folder) -> dict[str, dict]:
+    """The ``run lowrank`` results of ``folder`` (``results/lowrank``) as ``{regime letter: result}``, the letter
+    being the file name's first part (``A_beta0_init01.json`` -> ``"A"``); stale ones warn together, as
+    :func:`regime_seeds` does."""
+    from pathlib import Path
+
+    files = sorted(Path(folder).glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no run lowrank results (*.json) in {folder}; make them with results/lowrank/run.sh")
+    return {f.stem.split("_")[0]: r for f, r in zip(files, _load_regime_files(folder, files))}
+
+
+def grid_settings(res: dict) -> list[tuple[str, float]]:
+    seen = []
+    for t in res["trained"]:
+        if (t["optimiser"], t["lr"]) not in seen:
+            seen.append((t["optimiser"], t["lr"]))
+    return seen
+
+
+def lowrank_grid_rows(res: dict) -> tuple[list[str], list[list]]:
+    """The table of one ``run lowrank`` result: one row per (optimiser, lr) of rank-r training, one column per
+    rank, each cell ``clean / PGD (FGM)`` accuracy (or ``diverged``), then the truncated full update at the same
+    ranks (clean / PGD). Returns ``(header, rows)``."""
+    ranks = sorted({t["rank"] for t in res["trained"]})
+    cells = {(t["rank"], t["optimiser"], t["lr"]): t for t in res["trained"]}
+    header = ["", *(f"rank {r}: clean / PGD (FGM)" for r in ranks)]
+
+    def cell(t):
+        if t is None:
+            return "-"
+        if t.get("diverged"):
+            return "diverged"
+        fgm = f" ({t['fgm_acc']:.3f})" if "fgm_acc" in t else ""
+        return f"{t['clean_acc']:.3f} / {t['robust_acc']:.3f}{fgm}"
+
+    rows = [[f"rank-r training, {o.upper() if o == 'sgd' else o.capitalize()} lr {lr:g}",
+             *(cell(cells.get((r, o, lr))) for r in ranks)] for o, lr in grid_settings(res)]
+    trunc = {t["rank"]: t for t in res["truncated"]}
+    rows.append(["truncated full update", *(cell(trunc.get(r)) for r in ranks)])
+    return header, rows
+
+
+MASKING_GAP = 0.3  # FGM accuracy this far above PGD accuracy: the training attack is defeated, PGD is not
+
+
+def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None = None) -> dict:
+    """The numbers the chapter quotes from ``{letter: run lowrank result}`` (``lrg_<letter>_<what>``): the best
+    cell of the grid by PGD accuracy, the references, how many cells end below the clean network's PGD accuracy,
+    how many look gradient-masked (FGM accuracy more than :data:`MASKING_GAP` above PGD accuracy) and their
+    accuracies, the largest truncation. With ``regimes`` (``{letter: run synthetic result}``, seed 0), also whether
+    each run is the regime's (``lrg_<letter>_same_run``: its clean and adversarial numbers are equal) and a
+    sentence saying so (``lrg_same_runs``). ``lrg_grid_*``: the grid's ranks and learning rates, as text."""
+    first = results[min(results)]
+    settings = grid_settings(first)
+    out = {"lrg_grid_ranks": ", ".join(str(r) for r in sorted({t["rank"] for t in first["trained"]})),
+           "lrg_grid_sgd": ", ".join(f"{lr:g}" for o, lr in settings if o == "sgd"),
+           "lrg_grid_adam": ", ".join(f"{lr:g}" for o, lr in settings if o == "adam")}
+    for L, res in sorted(results.items()):
+        ok = [t for t in res["trained"] if not t.get("diverged")]
+        best = max(ok, key=lambda t: (t["robust_acc"], t["clean_acc"]))
+        clean_pgd, full_pgd = res["run"]["clean"]["robust_acc"], res["run"]["adversarial"]["robust_acc"]
+        masked = [t for t in ok if t["fgm_acc"] - t["robust_acc"] > MASKING_GAP]
+        big = max(res["truncated"], key=lambda t: t["rank"])
+        out.update({
+            f"lrg_{L}_cells": len(res["trained"]), f"lrg_{L}_diverged": len(res["trained"]) - len(ok),
+            f"lrg_{L}_best_robust": best["robust_acc"], f"lrg_{L}_best_clean": best["clean_acc"],
+            f"lrg_{L}_best_rank": best["rank"], f"lrg_{L}_best_lr": best["lr"],
+            f"lrg_{L}_best_opt": "SGD" if best["optimiser"] == "sgd" else "Adam",
+            f"lrg_{L}_clean_robust": clean_pgd, f"lrg_{L}_full_robust": full_pgd,
+            f"lrg_{L}_full_clean": res["run"]["adversarial"]["clean_acc"],
+            f"lrg_{L}_below_clean": sum(t["robust_acc"] < clean_pgd for t in ok),
+            f"lrg_{L}_masked": len(masked),
+            f"lrg_{L}_trunc_rank": big["rank"], f"lrg_{L}_trunc_robust": big["robust_acc"],
+            f"lrg_{L}_trunc_share": res["spectrum"]["energy_share"][str(big["rank"])],  # JSON keys are strings
+            f"lrg_{L}_steps": res["config"]["adv_steps"], f"lrg_{L}_holds": res["principle_holds_fraction"],
+        })
+        if masked:
+            out.update({f"lrg_{L}_masked_fgm_min": min(t["fgm_acc"] for t in masked),
+                        f"lrg_{L}_masked_pgd_max": max(t["robust_acc"] for t in masked),
+                        f"lrg_{L}_masked_clean_max": max(t["clean_acc"] for t in masked)})
+        if regimes is not None and L in regimes:
+            reg = regimes[L]
+            out[f"lrg_{L}_same_run"] = all(res["run"][k][m] == reg[k][m] for k in ("clean", "adversarial")
+                                          for m in ("clean_acc", "robust_acc"))
+    if regimes is not None:
+        same = [L for L in sorted(results) if out.get(f"lrg_{L}_same_run")]
+        other = [L for L in sorted(results) if L not in same]
+        out["lrg_same_runs"] = (f"identical in every regime ({', '.join(same)})" if not other else
+                                f"identical in {', '.join(same) or 'none'}; different in {', '.join(other)}")
+    return out

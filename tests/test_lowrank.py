@@ -126,3 +126,52 @@ def test_cli_run_lowrank_writes_a_current_result(tmp_path, capsys):
     assert main(["check", str(out)]) == 0
     assert main(["run", "lowrank", "--profile", "quick", *tiny, "--skip-current", "--out", str(out)]) == 0
     assert "is current" in capsys.readouterr().out
+
+
+def _fake_grid_result():
+    def cell(rank, opt, lr, clean, pgd, fgm):
+        return {"rank": rank, "optimiser": opt, "lr": lr, "diverged": None, "clean_acc": clean,
+                "robust_acc": pgd, "fgm_acc": fgm}
+
+    trained = [cell(1, "sgd", 0.03, 0.87, 0.26, 0.27), cell(4, "sgd", 0.03, 0.88, 0.25, 0.26),
+               cell(1, "adam", 0.01, 0.50, 0.12, 0.77), cell(4, "adam", 0.01, 0.60, 0.40, 0.45),
+               {"rank": 1, "optimiser": "sgd", "lr": 9.0, "diverged": "training diverged at step 3"},
+               cell(4, "sgd", 9.0, 0.90, 0.05, 0.80)]
+    return {"trained": trained,
+            "truncated": [{"rank": 1, "clean_acc": 0.85, "robust_acc": 0.28}, {"rank": 64, "clean_acc": 0.88,
+                                                                                "robust_acc": 0.57}],
+            "run": {"clean": {"clean_acc": 1.0, "robust_acc": 0.37}, "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}},
+            "spectrum": {"energy_share": {"1": 0.32, "64": 0.72}}, "principle_holds_fraction": 0.08,
+            "config": {"adv_steps": 4000}}
+
+
+def test_lowrank_grid_table_has_a_row_per_setting_and_a_column_per_rank():
+    header, rows = experiments.lowrank_grid_rows(_fake_grid_result())
+    assert header[1:] == ["rank 1: clean / PGD (FGM)", "rank 4: clean / PGD (FGM)"]
+    assert [r[0] for r in rows] == ["rank-r training, SGD lr 0.03", "rank-r training, Adam lr 0.01",
+                                    "rank-r training, SGD lr 9", "truncated full update"]
+    assert rows[1][1:] == ["0.500 / 0.120 (0.770)", "0.600 / 0.400 (0.450)"]
+    assert rows[2][1:] == ["diverged", "0.900 / 0.050 (0.800)"]
+    assert rows[3][1:] == ["0.850 / 0.280", "-"]
+
+
+def test_lowrank_grid_glue_finds_the_best_cell_the_masked_ones_and_the_same_run():
+    res = _fake_grid_result()
+    regime = {"clean": {"clean_acc": 1.0, "robust_acc": 0.37}, "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}}
+    g = experiments.lowrank_grid_glue({"A": res}, regimes={"A": regime})
+    assert (g["lrg_A_best_robust"], g["lrg_A_best_rank"], g["lrg_A_best_opt"], g["lrg_A_best_lr"]) == (0.40, 4, "Adam", 0.01)
+    assert g["lrg_A_cells"] == 6 and g["lrg_A_diverged"] == 1
+    assert g["lrg_A_below_clean"] == 4  # 0.26, 0.25, 0.12, 0.05 < 0.37; not 0.40
+    # masked: FGM more than 0.3 above PGD (0.77 vs 0.12, 0.80 vs 0.05), not 0.45 vs 0.40
+    assert g["lrg_A_masked"] == 2 and g["lrg_A_masked_fgm_min"] == 0.77 and g["lrg_A_masked_pgd_max"] == 0.12
+    assert (g["lrg_A_trunc_rank"], g["lrg_A_trunc_robust"], g["lrg_A_trunc_share"]) == (64, 0.57, 0.72)
+    assert g["lrg_A_same_run"] is True and g["lrg_same_runs"] == "identical in every regime (A)"
+    assert (g["lrg_grid_ranks"], g["lrg_grid_sgd"], g["lrg_grid_adam"]) == ("1, 4", "0.03, 9", "0.01")
+    regime["adversarial"]["robust_acc"] = 0.98
+    g = experiments.lowrank_grid_glue({"A": res}, regimes={"A": regime})
+    assert g["lrg_A_same_run"] is False and g["lrg_same_runs"] == "identical in none; different in A"
+
+
+def test_lowrank_grid_results_needs_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results/lowrank/run.sh"):
+        experiments.lowrank_grid_results(tmp_path)

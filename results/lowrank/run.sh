@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Reproduces results/lowrank/*.json: the low-rank question of the chapter "Adversarial training and purification"
+# (section "Low-rank adversarial training") asked with other optimisers and learning rates, in regime A (the
+# chapter's run) and regime G (robust, with the principle holding for about half of the neurons): for each, the
+# run itself (the same weights as results/regimes/<regime>.json), the truncations of its full update, and
+# rank-r FGM training at ranks 1, 4, 16 with SGD (lr 0.01, 0.03, 0.1) and Adam (lr 0.001, 0.003, 0.01)
+# (fp_helpers.experiments.LOWRANK_GRID). About 5 minutes (A) and 20 minutes (G) on 2 CPU cores; run from the
+# repository root:  bash results/lowrank/run.sh
+# Resumable and skippable as results/regimes/run.sh (--skip-current); each file records the command that
+# remakes it alone and its provenance (python -m fp_helpers check FILE).
+set -euo pipefail
+PYTHON=${PYTHON:-python}
+"$PYTHON" -m fp_helpers run lowrank --profile full --skip-current --out results/lowrank/A_beta0_init01.json
+"$PYTHON" -m fp_helpers run lowrank --profile full --set beta=0.15 --set init_std=0.002 --set clean_steps=20000 \
+  --set adv_steps=40000 --set adv_lr=2 --set log_every=2000 --skip-current --out results/lowrank/G_beta015_init0002_long.json
