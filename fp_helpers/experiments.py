@@ -844,7 +844,7 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
     settings = grid_settings(first)
     out = {"lrg_grid_ranks": ", ".join(str(r) for r in sorted({t["rank"] for t in first["trained"]})),
            "lrg_grid_sgd": ", ".join(f"{lr:g}" for o, lr in settings if o == "sgd"),
-           "lrg_grid_adam": ", ".join(f"{lr:g}" for o, lr in settings if o == "adam")}
+           "lrg_grid_adam": ", ".join(f"{lr:g}" for o, lr in settings if o == "adam"), "lrg_masking_gap": MASKING_GAP}
     for L, res in sorted(results.items()):
         ok = [t for t in res["trained"] if not t.get("diverged")]
         best = max(ok, key=lambda t: (t["robust_acc"], t["clean_acc"]))
@@ -863,9 +863,29 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
             f"lrg_{L}_trunc_rank": big["rank"], f"lrg_{L}_trunc_robust": big["robust_acc"],
             f"lrg_{L}_trunc_share": res["spectrum"]["energy_share"][str(big["rank"])],  # JSON keys are strings
             f"lrg_{L}_steps": res["config"]["adv_steps"], f"lrg_{L}_holds": res["principle_holds_fraction"],
+            f"lrg_{L}_share1": res["spectrum"]["energy_share"]["1"], f"lrg_{L}_rel": res["spectrum"]["relative_size"],
+            f"lrg_{L}_clean_min": min(t["clean_acc"] for t in ok), f"lrg_{L}_clean_max": max(t["clean_acc"] for t in ok),
         })
+        # by rank, over the settings: PGD accuracy at the smallest and the largest rank, and in how many settings
+        # the largest rank ends above the smallest
+        ranks = sorted({t["rank"] for t in ok})
+        lo, hi = ranks[0], ranks[-1]
+        by = {(t["optimiser"], t["lr"], t["rank"]): t["robust_acc"] for t in ok}
+        both = [(o, lr) for o, lr in grid_settings(res) if (o, lr, lo) in by and (o, lr, hi) in by]
+        trunc = {t["rank"]: t["robust_acc"] for t in res["truncated"]}
+        out.update({f"lrg_{L}_r_lo": lo, f"lrg_{L}_r_hi": hi, f"lrg_{L}_settings": len(grid_settings(res)),
+                    f"lrg_{L}_lo_min": min(by[o, lr, lo] for o, lr in both), f"lrg_{L}_lo_max": max(by[o, lr, lo] for o, lr in both),
+                    f"lrg_{L}_hi_min": min(by[o, lr, hi] for o, lr in both), f"lrg_{L}_hi_max": max(by[o, lr, hi] for o, lr in both),
+                    f"lrg_{L}_rises": sum(by[o, lr, hi] > by[o, lr, lo] for o, lr in both)})
+        if hi in trunc:
+            out[f"lrg_{L}_trunc_at_hi"] = trunc[hi]
         if masked:
+            rest = [t for t in ok if t not in masked]
+            if rest:  # the FGM training loss of the last step: masked trainings drive it lower
+                out.update({f"lrg_{L}_masked_loss_max": max(t["final_loss"] for t in masked),
+                            f"lrg_{L}_unmasked_loss_min": min(t["final_loss"] for t in rest)})
             out.update({f"lrg_{L}_masked_fgm_min": min(t["fgm_acc"] for t in masked),
+                        f"lrg_{L}_masked_fgm_above_clean": sum(t["fgm_acc"] > t["clean_acc"] for t in masked),
                         f"lrg_{L}_masked_pgd_max": max(t["robust_acc"] for t in masked),
                         f"lrg_{L}_masked_clean_max": max(t["clean_acc"] for t in masked)})
         if regimes is not None and L in regimes:

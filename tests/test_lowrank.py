@@ -131,7 +131,7 @@ def test_cli_run_lowrank_writes_a_current_result(tmp_path, capsys):
 def _fake_grid_result():
     def cell(rank, opt, lr, clean, pgd, fgm):
         return {"rank": rank, "optimiser": opt, "lr": lr, "diverged": None, "clean_acc": clean,
-                "robust_acc": pgd, "fgm_acc": fgm}
+                "robust_acc": pgd, "fgm_acc": fgm, "final_loss": 1.5 - fgm}
 
     trained = [cell(1, "sgd", 0.03, 0.87, 0.26, 0.27), cell(4, "sgd", 0.03, 0.88, 0.25, 0.26),
                cell(1, "adam", 0.01, 0.50, 0.12, 0.77), cell(4, "adam", 0.01, 0.60, 0.40, 0.45),
@@ -141,7 +141,7 @@ def _fake_grid_result():
             "truncated": [{"rank": 1, "clean_acc": 0.85, "robust_acc": 0.28}, {"rank": 64, "clean_acc": 0.88,
                                                                                 "robust_acc": 0.57}],
             "run": {"clean": {"clean_acc": 1.0, "robust_acc": 0.37}, "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}},
-            "spectrum": {"energy_share": {"1": 0.32, "64": 0.72}}, "principle_holds_fraction": 0.08,
+            "spectrum": {"energy_share": {"1": 0.32, "64": 0.72}, "relative_size": 1.1}, "principle_holds_fraction": 0.08,
             "config": {"adv_steps": 4000}}
 
 
@@ -164,7 +164,15 @@ def test_lowrank_grid_glue_finds_the_best_cell_the_masked_ones_and_the_same_run(
     assert g["lrg_A_below_clean"] == 4  # 0.26, 0.25, 0.12, 0.05 < 0.37; not 0.40
     # masked: FGM more than 0.3 above PGD (0.77 vs 0.12, 0.80 vs 0.05), not 0.45 vs 0.40
     assert g["lrg_A_masked"] == 2 and g["lrg_A_masked_fgm_min"] == 0.77 and g["lrg_A_masked_pgd_max"] == 0.12
+    assert g["lrg_A_masked_fgm_above_clean"] == 1  # 0.77 > 0.50 clean; 0.80 < 0.90 clean
+    assert g["lrg_A_masked_loss_max"] == pytest.approx(1.5 - 0.77)
+    assert g["lrg_A_unmasked_loss_min"] == pytest.approx(1.5 - 0.45)
     assert (g["lrg_A_trunc_rank"], g["lrg_A_trunc_robust"], g["lrg_A_trunc_share"]) == (64, 0.57, 0.72)
+    # by rank: SGD 0.03 goes 0.26 -> 0.25, Adam 0.01 0.12 -> 0.40; SGD 9 has no rank 1 (diverged)
+    assert (g["lrg_A_r_lo"], g["lrg_A_r_hi"], g["lrg_A_settings"], g["lrg_A_rises"]) == (1, 4, 3, 1)
+    assert (g["lrg_A_lo_min"], g["lrg_A_lo_max"], g["lrg_A_hi_min"], g["lrg_A_hi_max"]) == (0.12, 0.26, 0.25, 0.40)
+    assert "lrg_A_trunc_at_hi" not in g  # no truncation at rank 4
+    assert (g["lrg_A_clean_min"], g["lrg_A_clean_max"], g["lrg_A_share1"]) == (0.50, 0.90, 0.32)
     assert g["lrg_A_same_run"] is True and g["lrg_same_runs"] == "identical in every regime (A)"
     assert (g["lrg_grid_ranks"], g["lrg_grid_sgd"], g["lrg_grid_adam"]) == ("1, 4", "0.03, 9", "0.01")
     regime["adversarial"]["robust_acc"] = 0.98
