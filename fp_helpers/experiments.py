@@ -702,7 +702,8 @@ def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2,
 # Rank-r training with other optimisers and step sizes than the chapter's one (SGD at cfg.lowrank_lr):
 # (optimiser, learning rate) pairs, each at every rank of LOWRANK_GRID_RANKS. SGD's step through W = W_base + A B^T
 # is scaled by A A^T and B B^T, so its rates are a decade around the chapter's; Adam's step is about lr per
-# coordinate of A and B, and its rates span the usual LoRA range and above.
+# coordinate of A and B, and its rates start at the top of the range LoRA uses on large models (1e-4 to 5e-4)
+# and go above it.
 LOWRANK_GRID = (("sgd", 0.01), ("sgd", 0.03), ("sgd", 0.1), ("adam", 1e-3), ("adam", 3e-3), ("adam", 1e-2))
 LOWRANK_GRID_RANKS = (1, 4, 16)
 LOWRANK_OPTIMISERS = {"sgd": LowRankTwoLayerNet, "adam": AdamLowRankTwoLayerNet}
@@ -790,16 +791,26 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
 def lowrank_grid_results(folder) -> dict[str, dict]:
     """The ``run lowrank`` results of ``folder`` (``results/lowrank``) as ``{regime letter: result}``, the letter
     being the file name's first part (``A_beta0_init01.json`` -> ``"A"``); stale ones warn together, as
-    :func:`regime_seeds` does."""
+    :func:`regime_seeds` does. A file of another experiment, or two files of one letter, raise ``ValueError``."""
     from pathlib import Path
 
     files = sorted(Path(folder).glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no run lowrank results (*.json) in {folder}; make them with results/lowrank/run.sh")
-    return {f.stem.split("_")[0]: r for f, r in zip(files, _load_regime_files(folder, files))}
+    out: dict[str, dict] = {}
+    for f, r in zip(files, _load_regime_files(folder, files)):
+        letter = f.stem.split("_")[0]
+        if (r.get("provenance") or {}).get("experiment") != "lowrank":
+            raise ValueError(f"{f} is not a run lowrank result (provenance.experiment is "
+                             f"{(r.get('provenance') or {}).get('experiment')!r})")
+        if letter in out:
+            raise ValueError(f"two results for regime {letter} in {folder}: rename one ({f.name})")
+        out[letter] = r
+    return out
 
 
 def grid_settings(res: dict) -> list[tuple[str, float]]:
+    """The ``(optimiser, lr)`` pairs of a ``run lowrank`` result's rank-r trainings, in the order they were run."""
     seen = []
     for t in res["trained"]:
         if (t["optimiser"], t["lr"]) not in seen:
@@ -807,91 +818,133 @@ def grid_settings(res: dict) -> list[tuple[str, float]]:
     return seen
 
 
+def leaks(t: dict) -> bool:
+    """A rank-r training whose accuracy under FGM, the training attack, is *above* its clean accuracy: the attack's
+    step, which depends on the label, helps the network instead of hurting it (label leaking, the signature of
+    single-step adversarial training defeating its own attack; see the adversarial chapter)."""
+    return not t.get("diverged") and t["fgm_acc"] > t["clean_acc"]
+
+
+def _opt_name(o: str) -> str:
+    return "SGD" if o == "sgd" else o.capitalize()
+
+
 def lowrank_grid_rows(res: dict) -> tuple[list[str], list[list]]:
     """The table of one ``run lowrank`` result: one row per (optimiser, lr) of rank-r training, one column per
-    rank, each cell ``clean / PGD (FGM)`` accuracy (or ``diverged``), then the truncated full update at the same
-    ranks (clean / PGD). Returns ``(header, rows)``."""
-    ranks = sorted({t["rank"] for t in res["trained"]})
+    rank, each cell ``clean / PGD (FGM)`` accuracy (``diverged``; a dagger where FGM accuracy exceeds clean
+    accuracy, :func:`leaks`), then the truncated full update at every rank either has (clean / PGD). Returns
+    ``(header, rows)``."""
+    ranks = sorted({t["rank"] for t in res["trained"]} | {t["rank"] for t in res["truncated"]})
     cells = {(t["rank"], t["optimiser"], t["lr"]): t for t in res["trained"]}
-    header = ["", *(f"rank {r}: clean / PGD (FGM)" for r in ranks)]
+    header = ["rank-r update", *(f"r = {r}: clean / PGD (FGM)" for r in ranks)]
 
     def cell(t):
         if t is None:
             return "-"
         if t.get("diverged"):
             return "diverged"
-        fgm = f" ({t['fgm_acc']:.3f})" if "fgm_acc" in t else ""
+        fgm = f" ({t['fgm_acc']:.3f}{' †' if leaks(t) else ''})" if "fgm_acc" in t else ""
         return f"{t['clean_acc']:.3f} / {t['robust_acc']:.3f}{fgm}"
 
-    rows = [[f"rank-r training, {o.upper() if o == 'sgd' else o.capitalize()} lr {lr:g}",
-             *(cell(cells.get((r, o, lr))) for r in ranks)] for o, lr in grid_settings(res)]
+    rows = [[f"trained, {_opt_name(o)} lr {lr:g}", *(cell(cells.get((r, o, lr))) for r in ranks)]
+            for o, lr in grid_settings(res)]
     trunc = {t["rank"]: t for t in res["truncated"]}
     rows.append(["truncated full update", *(cell(trunc.get(r)) for r in ranks)])
     return header, rows
 
 
-MASKING_GAP = 0.3  # FGM accuracy this far above PGD accuracy: the training attack is defeated, PGD is not
+def _of(k: int, n: int) -> str:
+    return f"none of the {n}" if k == 0 else f"all {n}" if k == n else f"{k} of the {n}"
 
 
 def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None = None) -> dict:
-    """The numbers the chapter quotes from ``{letter: run lowrank result}`` (``lrg_<letter>_<what>``): the best
-    cell of the grid by PGD accuracy, the references, how many cells end below the clean network's PGD accuracy,
-    how many look gradient-masked (FGM accuracy more than :data:`MASKING_GAP` above PGD accuracy) and their
-    accuracies, the largest truncation. With ``regimes`` (``{letter: run synthetic result}``, seed 0), also whether
-    each run is the regime's (``lrg_<letter>_same_run``: its clean and adversarial numbers are equal) and a
-    sentence saying so (``lrg_same_runs``). ``lrg_grid_*``: the grid's ranks and learning rates, as text."""
+    """The numbers the chapter quotes from ``{letter: run lowrank result}`` (``lrg_<letter>_<what>``; ``*_of``: a
+    count as words, "none of the 18"): the best training by PGD accuracy, the references, how many trainings end
+    below the clean network's PGD accuracy and how many leak (:func:`leaks`) with their accuracies, the update
+    sizes; by rank (the smallest and largest trained), the PGD range over the settings, how many settings rise
+    from one to the other (and at every rank), how many end above the truncated update of that rank; the
+    truncations' share of the clean-to-full gap. With ``regimes`` (``{letter: run synthetic result}``, seed 0),
+    also whether each run is the regime's (``lrg_<letter>_same_run``: same config and accuracies; the sentence
+    ``lrg_same_runs``) and the regime's median mixture norms (clean, full-rank) beside the trainings'.
+    ``lrg_grid_*``: the grid's ranks and learning rates, as text."""
     first = results[min(results)]
     settings = grid_settings(first)
     out = {"lrg_grid_ranks": ", ".join(str(r) for r in sorted({t["rank"] for t in first["trained"]})),
            "lrg_grid_sgd": ", ".join(f"{lr:g}" for o, lr in settings if o == "sgd"),
-           "lrg_grid_adam": ", ".join(f"{lr:g}" for o, lr in settings if o == "adam"), "lrg_masking_gap": MASKING_GAP}
+           "lrg_grid_adam": ", ".join(f"{lr:g}" for o, lr in settings if o == "adam")}
     for L, res in sorted(results.items()):
+        n = len(res["trained"])
         ok = [t for t in res["trained"] if not t.get("diverged")]
-        best = max(ok, key=lambda t: (t["robust_acc"], t["clean_acc"]))
         clean_pgd, full_pgd = res["run"]["clean"]["robust_acc"], res["run"]["adversarial"]["robust_acc"]
-        masked = [t for t in ok if t["fgm_acc"] - t["robust_acc"] > MASKING_GAP]
-        big = max(res["truncated"], key=lambda t: t["rank"])
+        trunc = {t["rank"]: t for t in res["truncated"]}
+        big = max(trunc)
         out.update({
-            f"lrg_{L}_cells": len(res["trained"]), f"lrg_{L}_diverged": len(res["trained"]) - len(ok),
-            f"lrg_{L}_best_robust": best["robust_acc"], f"lrg_{L}_best_clean": best["clean_acc"],
-            f"lrg_{L}_best_rank": best["rank"], f"lrg_{L}_best_lr": best["lr"],
-            f"lrg_{L}_best_opt": "SGD" if best["optimiser"] == "sgd" else "Adam",
-            f"lrg_{L}_clean_robust": clean_pgd, f"lrg_{L}_full_robust": full_pgd,
-            f"lrg_{L}_full_clean": res["run"]["adversarial"]["clean_acc"],
-            f"lrg_{L}_below_clean": sum(t["robust_acc"] < clean_pgd for t in ok),
-            f"lrg_{L}_masked": len(masked),
-            f"lrg_{L}_trunc_rank": big["rank"], f"lrg_{L}_trunc_robust": big["robust_acc"],
-            f"lrg_{L}_trunc_share": res["spectrum"]["energy_share"][str(big["rank"])],  # JSON keys are strings
+            f"lrg_{L}_cells": n, f"lrg_{L}_diverged": n - len(ok),
+            f"lrg_{L}_clean_robust": clean_pgd, f"lrg_{L}_clean_clean": res["run"]["clean"]["clean_acc"],
+            f"lrg_{L}_full_robust": full_pgd, f"lrg_{L}_full_clean": res["run"]["adversarial"]["clean_acc"],
+            f"lrg_{L}_trunc_rank": big, f"lrg_{L}_trunc_robust": trunc[big]["robust_acc"],
+            f"lrg_{L}_trunc_share": trunc[big]["energy_share"],
+            f"lrg_{L}_trunc_gap": (trunc[big]["robust_acc"] - clean_pgd) / (full_pgd - clean_pgd),
+            f"lrg_{L}_trunc_below_clean": sum(t["robust_acc"] < clean_pgd for t in trunc.values()),
+            f"lrg_{L}_trunc_below_clean_of": _of(sum(t["robust_acc"] < clean_pgd for t in trunc.values()), len(trunc)),
+            f"lrg_{L}_truncs": len(trunc),
             f"lrg_{L}_steps": res["config"]["adv_steps"], f"lrg_{L}_holds": res["principle_holds_fraction"],
-            f"lrg_{L}_share1": res["spectrum"]["energy_share"]["1"], f"lrg_{L}_rel": res["spectrum"]["relative_size"],
-            f"lrg_{L}_clean_min": min(t["clean_acc"] for t in ok), f"lrg_{L}_clean_max": max(t["clean_acc"] for t in ok),
+            f"lrg_{L}_rel": res["spectrum"]["relative_size"],
         })
-        # by rank, over the settings: PGD accuracy at the smallest and the largest rank, and in how many settings
-        # the largest rank ends above the smallest
+        if min(trunc) == 1:
+            out[f"lrg_{L}_share1"] = trunc[1]["energy_share"]
+        if not ok:
+            continue
+        best = max(ok, key=lambda t: (t["robust_acc"], t["clean_acc"]))
+        below = sum(t["robust_acc"] < clean_pgd for t in ok)
+        leak = [t for t in ok if leaks(t)]
+        out.update({
+            f"lrg_{L}_best_robust": best["robust_acc"], f"lrg_{L}_best_clean": best["clean_acc"],
+            f"lrg_{L}_best_rank": best["rank"], f"lrg_{L}_best_lr": best["lr"], f"lrg_{L}_best_opt": _opt_name(best["optimiser"]),
+            f"lrg_{L}_second_robust": sorted((t["robust_acc"] for t in ok), reverse=True)[min(1, len(ok) - 1)],
+            f"lrg_{L}_below_clean": below, f"lrg_{L}_below_clean_of": _of(below, len(ok)),
+            f"lrg_{L}_leak": len(leak), f"lrg_{L}_leak_of": _of(len(leak), len(ok)),
+            f"lrg_{L}_clean_min": min(t["clean_acc"] for t in ok), f"lrg_{L}_clean_max": max(t["clean_acc"] for t in ok),
+            f"lrg_{L}_upd_min": min(t["update_rel_norm"] for t in ok), f"lrg_{L}_upd_max": max(t["update_rel_norm"] for t in ok),
+            f"lrg_{L}_mix_min": min(t["mixture_norm_median"] for t in ok),
+            f"lrg_{L}_mix_max": max(t["mixture_norm_median"] for t in ok),
+        })
+        if leak:
+            out.update({f"lrg_{L}_leak_fgm_min": min(t["fgm_acc"] for t in leak),
+                        f"lrg_{L}_leak_pgd_max": max(t["robust_acc"] for t in leak),
+                        f"lrg_{L}_leak_clean_min": min(t["clean_acc"] for t in leak),
+                        f"lrg_{L}_leak_clean_max": max(t["clean_acc"] for t in leak)})
+        # by rank, over the settings trained at both the smallest and the largest rank
         ranks = sorted({t["rank"] for t in ok})
         lo, hi = ranks[0], ranks[-1]
-        by = {(t["optimiser"], t["lr"], t["rank"]): t["robust_acc"] for t in ok}
+        by = {(t["optimiser"], t["lr"], t["rank"]): t for t in ok}
         both = [(o, lr) for o, lr in grid_settings(res) if (o, lr, lo) in by and (o, lr, hi) in by]
-        trunc = {t["rank"]: t["robust_acc"] for t in res["truncated"]}
-        out.update({f"lrg_{L}_r_lo": lo, f"lrg_{L}_r_hi": hi, f"lrg_{L}_settings": len(grid_settings(res)),
-                    f"lrg_{L}_lo_min": min(by[o, lr, lo] for o, lr in both), f"lrg_{L}_lo_max": max(by[o, lr, lo] for o, lr in both),
-                    f"lrg_{L}_hi_min": min(by[o, lr, hi] for o, lr in both), f"lrg_{L}_hi_max": max(by[o, lr, hi] for o, lr in both),
-                    f"lrg_{L}_rises": sum(by[o, lr, hi] > by[o, lr, lo] for o, lr in both)})
-        if hi in trunc:
-            out[f"lrg_{L}_trunc_at_hi"] = trunc[hi]
-        if masked:
-            rest = [t for t in ok if t not in masked]
-            if rest:  # the FGM training loss of the last step: masked trainings drive it lower
-                out.update({f"lrg_{L}_masked_loss_max": max(t["final_loss"] for t in masked),
-                            f"lrg_{L}_unmasked_loss_min": min(t["final_loss"] for t in rest)})
-            out.update({f"lrg_{L}_masked_fgm_min": min(t["fgm_acc"] for t in masked),
-                        f"lrg_{L}_masked_fgm_above_clean": sum(t["fgm_acc"] > t["clean_acc"] for t in masked),
-                        f"lrg_{L}_masked_pgd_max": max(t["robust_acc"] for t in masked),
-                        f"lrg_{L}_masked_clean_max": max(t["clean_acc"] for t in masked)})
+        if both and hi > lo:
+            pgd = lambda o, lr, r: by[o, lr, r]["robust_acc"]  # noqa: E731
+            rises = sum(pgd(o, lr, hi) > pgd(o, lr, lo) for o, lr in both)
+            monotone = sum(all((o, lr, r) in by for r in ranks)
+                           and all(pgd(o, lr, b) > pgd(o, lr, a) for a, b in zip(ranks, ranks[1:])) for o, lr in both)
+            out.update({f"lrg_{L}_r_lo": lo, f"lrg_{L}_r_hi": hi, f"lrg_{L}_compared": len(both),
+                        f"lrg_{L}_lo_min": min(pgd(o, lr, lo) for o, lr in both),
+                        f"lrg_{L}_lo_max": max(pgd(o, lr, lo) for o, lr in both),
+                        f"lrg_{L}_hi_min": min(pgd(o, lr, hi) for o, lr in both),
+                        f"lrg_{L}_hi_max": max(pgd(o, lr, hi) for o, lr in both),
+                        f"lrg_{L}_hi_clean_min": min(by[o, lr, hi]["clean_acc"] for o, lr in both),
+                        f"lrg_{L}_hi_clean_max": max(by[o, lr, hi]["clean_acc"] for o, lr in both),
+                        f"lrg_{L}_rises": rises, f"lrg_{L}_rises_of": _of(rises, len(both)),
+                        f"lrg_{L}_monotone": monotone, f"lrg_{L}_monotone_of": _of(monotone, len(both))})
+            for name, r in (("lo", lo), ("hi", hi)):
+                if r in trunc:
+                    above = sum(pgd(o, lr, r) > trunc[r]["robust_acc"] for o, lr in both)
+                    out.update({f"lrg_{L}_trunc_at_{name}": trunc[r]["robust_acc"],
+                                f"lrg_{L}_{name}_above_trunc": above,
+                                f"lrg_{L}_{name}_above_trunc_of": _of(above, len(both))})
         if regimes is not None and L in regimes:
             reg = regimes[L]
-            out[f"lrg_{L}_same_run"] = all(res["run"][k][m] == reg[k][m] for k in ("clean", "adversarial")
-                                          for m in ("clean_acc", "robust_acc"))
+            out[f"lrg_{L}_same_run"] = res["config"] == reg["config"] and all(
+                res["run"][k][m] == reg[k][m] for k in ("clean", "adversarial") for m in ("clean_acc", "robust_acc"))
+            out[f"lrg_{L}_mix_clean"] = reg["clean"]["mixture_norm_median"]
+            out[f"lrg_{L}_mix_full"] = reg["adversarial"]["mixture_norm_median"]
     if regimes is not None:
         same = [L for L in sorted(results) if out.get(f"lrg_{L}_same_run")]
         other = [L for L in sorted(results) if L not in same]

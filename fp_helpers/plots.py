@@ -328,39 +328,47 @@ def regime_seeds(reg_seeds: Mapping[str, Sequence[Mapping]]):
 
 def lowrank_grid(results: Mapping[str, Mapping]):
     """One column per ``run lowrank`` result (``{regime letter: result}``). Top: PGD accuracy against rank for
-    every (optimiser, lr) of rank-r training (SGD solid, Adam dashed), the truncated full update, and the clean
-    network and full-rank FGM update as horizontal lines. Bottom: every trained cell's FGM accuracy against its
-    PGD accuracy; far above the diagonal, the training attack is defeated but the network is not robust."""
+    every (optimiser, lr) of rank-r training (SGD in blues, solid; Adam in oranges, dashed), the truncated full
+    update, and the clean network and full-rank FGM update as horizontal lines. Bottom: every training's FGM
+    accuracy against its PGD accuracy, ringed in black where FGM accuracy exceeds clean accuracy
+    (:func:`fp_helpers.experiments.leaks`): the training attack is defeated, the network is not robust."""
+    from .experiments import grid_settings, leaks
+
     letters = sorted(results)
     fig, axes = plt.subplots(2, len(letters), figsize=(4.2 * len(letters), 6.4), squeeze=False)
+    maps = {"sgd": (plt.cm.Blues, "o", "-"), "adam": (plt.cm.Oranges, "s", "--")}
     for j, L in enumerate(letters):
         res = results[L]
         top, bottom = axes[0, j], axes[1, j]
-        settings = []
-        for t in res["trained"]:
-            if (t["optimiser"], t["lr"]) not in settings:
-                settings.append((t["optimiser"], t["lr"]))
-        shades = {o: iter(plt.cm.viridis(np.linspace(0.1, 0.8, sum(s[0] == o for s in settings)))) for o, _ in settings}
+        settings = grid_settings(res)
+        shade = {}
+        for o in {o for o, _ in settings}:
+            lrs = [lr for oo, lr in settings if oo == o]
+            cmap = maps.get(o, (plt.cm.Greys, "^", ":"))[0]
+            shade.update({(o, lr): cmap(x) for lr, x in zip(lrs, np.linspace(0.45, 0.95, len(lrs)))})
         for o, lr in settings:
             rows = sorted((t for t in res["trained"] if (t["optimiser"], t["lr"]) == (o, lr) and not t.get("diverged")),
                           key=lambda t: t["rank"])
-            color = next(shades[o])
-            name = f"{'SGD' if o == 'sgd' else 'Adam'} lr {lr:g}"
-            marker, ls = ("o", "-") if o == "sgd" else ("s", "--")
-            top.plot([t["rank"] for t in rows], [t["robust_acc"] for t in rows], marker=marker, ls=ls, color=color,
-                     label=name)
-            bottom.scatter([t["robust_acc"] for t in rows], [t["fgm_acc"] for t in rows], marker=marker, color=color,
-                           label=name)
+            _, marker, ls = maps.get(o, (None, "^", ":"))
+            name = f"{'SGD' if o == 'sgd' else o.capitalize()} lr {lr:g}"
+            top.plot([t["rank"] for t in rows], [t["robust_acc"] for t in rows], marker=marker, ls=ls,
+                     color=shade[o, lr], label=name)
+            bottom.scatter([t["robust_acc"] for t in rows], [t["fgm_acc"] for t in rows], marker=marker,
+                           color=shade[o, lr], edgecolors=["k" if leaks(t) else "none" for t in rows], linewidths=1.4,
+                           s=40, label=name)
         tr = sorted(res["truncated"], key=lambda t: t["rank"])
         top.plot([t["rank"] for t in tr], [t["robust_acc"] for t in tr], "k^-", lw=1.6, label="truncated full update")
         top.axhline(res["run"]["adversarial"]["robust_acc"], color=PALETTE["adversarial"], lw=1.2, ls=":",
                     label="full-rank FGM update")
         top.axhline(res["run"]["clean"]["robust_acc"], color=PALETTE["clean"], lw=1.2, ls="-.", label="clean network")
+        ticks = sorted({t["rank"] for t in res["trained"]} | {t["rank"] for t in tr})
         top.set(xscale="log", xlabel="rank r", ylabel="PGD accuracy", ylim=(0, 1.02),
                 title=f"regime {L}: {res['config']['adv_steps']} FGM steps")
+        top.set_xticks(ticks, [str(r) for r in ticks])
+        top.minorticks_off()
         bottom.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls=":")
         bottom.set(xlabel="PGD accuracy", ylabel="FGM accuracy", xlim=(0, 1.02), ylim=(0, 1.02),
-                   title=f"regime {L}: rank-r training, every cell")
+                   title=f"regime {L}: every rank-r training")
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
