@@ -714,7 +714,8 @@ def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, opt
     """Adversarial training (the run's attack and schedule) of rank-``rank`` factors on ``start`` with
     ``optimiser`` ("sgd" or "adam") at learning rate ``lr`` (default ``cfg.lowrank_lr``), drawing from
     ``s.gen``. With SGD at ``cfg.lowrank_lr`` it is :func:`train_adversarial`'s rank-``rank`` training (same
-    weights: ``tests/test_lowrank.py``), without its progress evaluations."""
+    weights: ``tests/test_lowrank.py``), without its progress evaluations (``W0``, the initial weights those
+    evaluations measure against, is therefore not used)."""
     if optimiser not in LOWRANK_OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; allowed: {', '.join(LOWRANK_OPTIMISERS)}")
     net = LOWRANK_OPTIMISERS[optimiser](start, rank, generator=s.gen)
@@ -755,8 +756,10 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
     the chapter's :func:`lowrank_study`: the run itself (:func:`run_synthetic`, the same weights and numbers as
     ``run synthetic`` with this config), the truncations of its full update, and rank-``r`` training at every
     ``ranks`` with every ``(optimiser, lr)`` of ``grid``. Returns plain numbers, stamped like every run
-    (``config``, ``provenance``): ``run`` (clean and adversarial accuracy, PGD accuracy, the principle's share),
-    ``spectrum`` (energy shares, relative size, |cos(top, u)|), ``truncated`` and ``trained`` (lists of rows)."""
+    (``config``, ``provenance``): ``run`` (clean and PGD accuracy of the clean and the adversarial network),
+    ``principle_holds_fraction``, ``spectrum`` (energy shares, relative size, |cos(top, u)|), ``truncated`` and
+    ``trained`` (lists of rows; a trained row also has FGM accuracy, the last step's training loss, the update's
+    norm relative to the clean weights' and the median mixture norm)."""
     cfg = _check_config(cfg)
     t0 = time.perf_counter()
     run = run_synthetic(cfg, device=device, progress=progress, curves=False, checkpoint_dir=checkpoint_dir)
@@ -825,7 +828,8 @@ def leaks(t: dict) -> bool:
     return not t.get("diverged") and t["fgm_acc"] > t["clean_acc"]
 
 
-def _opt_name(o: str) -> str:
+def optimiser_name(o: str) -> str:
+    """How the book writes an optimiser of :data:`LOWRANK_OPTIMISERS`: "SGD", "Adam"."""
     return "SGD" if o == "sgd" else o.capitalize()
 
 
@@ -846,7 +850,7 @@ def lowrank_grid_rows(res: dict) -> tuple[list[str], list[list]]:
         fgm = f" ({t['fgm_acc']:.3f}{' †' if leaks(t) else ''})" if "fgm_acc" in t else ""
         return f"{t['clean_acc']:.3f} / {t['robust_acc']:.3f}{fgm}"
 
-    rows = [[f"trained, {_opt_name(o)} lr {lr:g}", *(cell(cells.get((r, o, lr))) for r in ranks)]
+    rows = [[f"trained, {optimiser_name(o)} lr {lr:g}", *(cell(cells.get((r, o, lr))) for r in ranks)]
             for o, lr in grid_settings(res)]
     trunc = {t["rank"]: t for t in res["truncated"]}
     rows.append(["truncated full update", *(cell(trunc.get(r)) for r in ranks)])
@@ -900,7 +904,7 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
         leak = [t for t in ok if leaks(t)]
         out.update({
             f"lrg_{L}_best_robust": best["robust_acc"], f"lrg_{L}_best_clean": best["clean_acc"],
-            f"lrg_{L}_best_rank": best["rank"], f"lrg_{L}_best_lr": best["lr"], f"lrg_{L}_best_opt": _opt_name(best["optimiser"]),
+            f"lrg_{L}_best_rank": best["rank"], f"lrg_{L}_best_lr": best["lr"], f"lrg_{L}_best_opt": optimiser_name(best["optimiser"]),
             f"lrg_{L}_second_robust": sorted((t["robust_acc"] for t in ok), reverse=True)[min(1, len(ok) - 1)],
             f"lrg_{L}_below_clean": below, f"lrg_{L}_below_clean_of": _of(below, len(ok)),
             f"lrg_{L}_leak": len(leak), f"lrg_{L}_leak_of": _of(len(leak), len(ok)),
@@ -947,7 +951,7 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
             out[f"lrg_{L}_mix_full"] = reg["adversarial"]["mixture_norm_median"]
     if regimes is not None:
         same = [L for L in sorted(results) if out.get(f"lrg_{L}_same_run")]
-        other = [L for L in sorted(results) if L not in same]
+        other = [L for L in sorted(results) if L in regimes and L not in same]  # no regime file: nothing to compare
         out["lrg_same_runs"] = (f"identical in every regime ({', '.join(same)})" if not other else
                                 f"identical in {', '.join(same) or 'none'}; different in {', '.join(other)}")
     return out

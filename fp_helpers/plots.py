@@ -332,7 +332,7 @@ def lowrank_grid(results: Mapping[str, Mapping]):
     update, and the clean network and full-rank FGM update as horizontal lines. Bottom: every training's FGM
     accuracy against its PGD accuracy, ringed in black where FGM accuracy exceeds clean accuracy
     (:func:`fp_helpers.experiments.leaks`): the training attack is defeated, the network is not robust."""
-    from .experiments import grid_settings, leaks
+    from .experiments import grid_settings, leaks, optimiser_name
 
     letters = sorted(results)
     fig, axes = plt.subplots(2, len(letters), figsize=(4.2 * len(letters), 6.4), squeeze=False)
@@ -340,6 +340,7 @@ def lowrank_grid(results: Mapping[str, Mapping]):
     for j, L in enumerate(letters):
         res = results[L]
         top, bottom = axes[0, j], axes[1, j]
+        regime = L if len(L) == 1 else f"{L[0]} ({L[1:]})"  # "Along" (a variant of A) -> "A (long)"
         settings = grid_settings(res)
         shade = {}
         for o in {o for o, _ in settings}:
@@ -350,7 +351,7 @@ def lowrank_grid(results: Mapping[str, Mapping]):
             rows = sorted((t for t in res["trained"] if (t["optimiser"], t["lr"]) == (o, lr) and not t.get("diverged")),
                           key=lambda t: t["rank"])
             _, marker, ls = maps.get(o, (None, "^", ":"))
-            name = f"{'SGD' if o == 'sgd' else o.capitalize()} lr {lr:g}"
+            name = f"{optimiser_name(o)} lr {lr:g}"
             top.plot([t["rank"] for t in rows], [t["robust_acc"] for t in rows], marker=marker, ls=ls,
                      color=shade[o, lr], label=name)
             bottom.scatter([t["robust_acc"] for t in rows], [t["fgm_acc"] for t in rows], marker=marker,
@@ -363,12 +364,12 @@ def lowrank_grid(results: Mapping[str, Mapping]):
         top.axhline(res["run"]["clean"]["robust_acc"], color=PALETTE["clean"], lw=1.2, ls="-.", label="clean network")
         ticks = sorted({t["rank"] for t in res["trained"]} | {t["rank"] for t in tr})
         top.set(xscale="log", xlabel="rank r", ylabel="PGD accuracy", ylim=(0, 1.02),
-                title=f"regime {L}: {res['config']['adv_steps']} FGM steps")
+                title=f"regime {regime}: {res['config']['adv_steps']} FGM steps")
         top.set_xticks(ticks, [str(r) for r in ticks])
         top.minorticks_off()
         bottom.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls=":")
         bottom.set(xlabel="PGD accuracy", ylabel="FGM accuracy", xlim=(0, 1.02), ylim=(0, 1.02),
-                   title=f"regime {L}: every rank-r training")
+                   title=f"regime {regime}: every rank-r training")
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig

@@ -201,6 +201,8 @@ def test_lowrank_grid_glue_finds_the_best_cell_the_leaking_ones_and_the_same_run
     assert (g["lrg_A_mix_clean"], g["lrg_A_mix_full"], g["lrg_A_mix_min"], g["lrg_A_mix_max"]) == (0.9, 0.2, 0.85, 0.95)
     assert g["lrg_A_same_run"] is True and g["lrg_same_runs"] == "identical in every regime (A)"
     assert (g["lrg_grid_ranks"], g["lrg_grid_sgd"], g["lrg_grid_adam"]) == ("1, 4", "0.03, 9", "0.01")
+    g = experiments.lowrank_grid_glue({"A": res, "Along": res}, regimes={"A": regime})  # Along: no regime file
+    assert g["lrg_same_runs"] == "identical in every regime (A)" and "lrg_Along_same_run" not in g
     regime["config"]["adv_steps"] = 12000  # another config with the same accuracies is not the same run
     g = experiments.lowrank_grid_glue({"A": res}, regimes={"A": regime})
     assert g["lrg_A_same_run"] is False and g["lrg_same_runs"] == "identical in none; different in A"

@@ -13,3 +13,6 @@ PYTHON=${PYTHON:-python}
 "$PYTHON" -m fp_helpers run lowrank --profile full --skip-current --out results/lowrank/A_beta0_init01.json
 "$PYTHON" -m fp_helpers run lowrank --profile full --set beta=0.15 --set init_std=0.002 --set clean_steps=20000 \
   --set adv_steps=40000 --set adv_lr=2 --set log_every=2000 --skip-current --out results/lowrank/G_beta015_init0002_long.json
+# control for the step budget: regime A with G's number of FGM steps (40,000 instead of 4,000), about 45 minutes
+"$PYTHON" -m fp_helpers run lowrank --profile full --set adv_steps=40000 --set log_every=2000 --skip-current \
+  --out results/lowrank/Along_beta0_init01_40k.json
