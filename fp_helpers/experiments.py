@@ -649,10 +649,12 @@ def _lowrank_unit(cfg: SyntheticConfig, kind: str, rank: int, W0: torch.Tensor, 
         net, _ = train_adversarial(s, start, W0, rank=rank, progress=progress)
         ev = evaluate(net, s, W0)
         return {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
-                "mixture_norm_median": ev["mixture_norm_median"]}
+                "mixture_norm_median": ev["mixture_norm_median"],
+                **pur.update_directions(Wc, net.weight.detach(), s.dist.u)}
     net = _net_from_state(cfg, {"W": pur.truncated_update(Wc, W_adv.to(s.device), rank), "beta": betas[1]}, s.device)
     ev = evaluate(net, s, W0)
-    return {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"]}
+    return {"clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
+            **pur.update_directions(Wc, net.weight.detach(), s.dist.u)}
 
 
 def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2, 4, 16, 64),
@@ -667,7 +669,8 @@ def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2,
     On a CPU the trainings and evaluations run side by side in worker processes (:mod:`fp_helpers.parallel`;
     ``workers`` or ``$FP_WORKERS`` overrides the automatic choice, ``1``: all in this process) with the same
     numbers. Returns ``{"spectrum": UpdateSpectrum, "cos_top_u": float, "rows": [...]}`` with one row per rank
-    (``LOWRANK_HEADER``), plus the raw numbers in ``trained`` / ``truncated``.
+    (``LOWRANK_HEADER``), plus the raw numbers in ``trained`` / ``truncated`` (each with where its update points,
+    :func:`fp_helpers.purification.update_directions`) and ``directions``, the same for the full update.
     """
     cfg, s = run.cfg, run.setup
     trained_ranks = sorted(set(int(r) for r in (cfg.lowrank_ranks if trained_ranks is None else trained_ranks)))
@@ -694,7 +697,8 @@ def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2,
                      f"{t['clean_acc']:.3f} / {t['robust_acc']:.3f}" if t else "-",
                      f"{tr['clean_acc']:.3f} / {tr['robust_acc']:.3f}" if tr else "-"])
     cos_top_u = abs(torch.dot(spec.top_direction, s.dist.u)).item()
-    return {"spectrum": spec, "cos_top_u": cos_top_u, "rows": rows, "trained": trained, "truncated": truncated}
+    return {"spectrum": spec, "cos_top_u": cos_top_u, "rows": rows, "trained": trained, "truncated": truncated,
+            "directions": pur.update_directions(Wc, Wa, s.dist.u)}
 
 
 # ------------------------------------------------------------------------------------------- run lowrank
@@ -714,8 +718,10 @@ def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, opt
     """Adversarial training (the run's attack and schedule) of rank-``rank`` factors on ``start`` with
     ``optimiser`` ("sgd" or "adam") at learning rate ``lr`` (default ``cfg.lowrank_lr``), drawing from
     ``s.gen``. With SGD at ``cfg.lowrank_lr`` it is :func:`train_adversarial`'s rank-``rank`` training (same
-    weights: ``tests/test_lowrank.py``), without its progress evaluations (``W0``, the initial weights those
-    evaluations measure against, is therefore not used)."""
+    weights: ``tests/test_lowrank.py``). Every ``log_every`` steps the history records what
+    :func:`train_adversarial`'s does (:func:`progress_eval`, with ``W0`` the initial weights) and the accuracy
+    under FGM, the training attack, on the same points (``fgm_acc``: above ``clean_acc`` once the training leaks,
+    :func:`leaks`); these evaluations draw nothing from ``s.gen``, so the weights do not depend on them."""
     if optimiser not in LOWRANK_OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; allowed: {', '.join(LOWRANK_OPTIMISERS)}")
     net = LOWRANK_OPTIMISERS[optimiser](start, rank, generator=s.gen)
@@ -723,9 +729,26 @@ def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, opt
     tcfg = s.cfg.adv_train_config(lowrank=True)
     if lr is not None:
         tcfg = replace(tcfg, lr=float(lr)).validate()
-    hist = train(net, s.dist, tcfg, s.gen, progress=progress,
+    base = progress_eval(s, W0, n=LOWRANK_CURVE_N, W_clean=start.weight.detach())
+    n = len(s.x_eval[:LOWRANK_CURVE_N])
+    x, y, fgm_spec = s.x_eval[:n], s.y_eval[:n], AttackSpec("fgm", s.cfg.norm)
+
+    def eval_fn(step, model):
+        return {**base(step, model), "fgm_acc": robust_accuracy(model, x, y, s.cfg.tau, fgm_spec)}
+
+    hist = train(net, s.dist, tcfg, s.gen, eval_fn=eval_fn, progress=progress,
                  desc=f"{tcfg.attack} training (rank {rank}, {optimiser}, lr {tcfg.lr:g})")
     return net, hist
+
+
+LOWRANK_CURVE_N = 500  # the held-out points progress_eval uses (its default n)
+LOWRANK_CURVE_KEYS = ("step", "loss", "clean_acc", "fgm_acc", "robust_acc", "mixture_norm_median")
+
+
+def _curve(hist: History) -> list[dict]:
+    """The logged rows of a rank-r training, as JSON-safe numbers (the step-0 loss, not defined, as None)."""
+    return [{k: (None if isinstance(r[k], float) and not math.isfinite(r[k]) else r[k]) for k in LOWRANK_CURVE_KEYS}
+            for r in hist.rows]
 
 
 def _lowrank_grid_unit(cfg: SyntheticConfig, rank: int, optimiser: str, lr: float, W0: torch.Tensor,
@@ -746,7 +769,8 @@ def _lowrank_grid_unit(cfg: SyntheticConfig, rank: int, optimiser: str, lr: floa
     return {**row, "diverged": None, "clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
             "fgm_acc": ev["fgm_acc"], "final_loss": hist.rows[-1]["loss"],
             "update_rel_norm": (update.norm() / W_clean.norm()).item(),
-            "mixture_norm_median": ev["mixture_norm_median"]}
+            "mixture_norm_median": ev["mixture_norm_median"],
+            **pur.update_directions(start.weight.detach(), net.weight.detach(), s.dist.u), "curve": _curve(hist)}
 
 
 def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str | None = None,
@@ -759,7 +783,10 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
     (``config``, ``provenance``): ``run`` (clean and PGD accuracy of the clean and the adversarial network),
     ``principle_holds_fraction``, ``spectrum`` (energy shares, relative size, |cos(top, u)|), ``truncated`` and
     ``trained`` (lists of rows; a trained row also has FGM accuracy, the last step's training loss, the update's
-    norm relative to the clean weights' and the median mixture norm)."""
+    norm relative to the clean weights', the median mixture norm, where the update points
+    (:func:`fp_helpers.purification.update_directions`: ``cos_top_u``, ``u_share``, ``u_kept``; ``spectrum`` has
+    them for the full update) and ``curve``, the training's logged rows: loss, clean, FGM and PGD-10 accuracy and
+    the median mixture norm on the first ``LOWRANK_CURVE_N`` held-out points)."""
     cfg = _check_config(cfg)
     t0 = time.perf_counter()
     run = run_synthetic(cfg, device=device, progress=progress, curves=False, checkpoint_dir=checkpoint_dir)
@@ -781,7 +808,8 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
                 for key in ("clean", "adversarial")},
         "principle_holds_fraction": m["principle"]["holds_fraction"],
         "spectrum": {"energy_share": {int(r): spec.share(int(r)) for r in (1, 2, 4, 16, 64) if r <= min(Wc.shape)},
-                     "relative_size": spec.relative_size, "cos_top_u": study["cos_top_u"]},
+                     "relative_size": spec.relative_size, "cos_top_u": study["cos_top_u"],
+                     "u_share": study["directions"]["u_share"], "u_kept": study["directions"]["u_kept"]},
         "truncated": [{"rank": int(r), **v} for r, v in sorted(study["truncated"].items())],
         "trained": trained,
         "chapter_lr": cfg.lowrank_lr,

@@ -156,6 +156,32 @@ def update_spectrum(W_from: torch.Tensor, W_to: torch.Tensor) -> UpdateSpectrum:
     return UpdateSpectrum(S.float(), share.float(), rel, Vh[0].to(W_from.dtype))
 
 
+def update_directions(W_from: torch.Tensor, W_to: torch.Tensor, u: torch.Tensor) -> dict[str, float]:
+    """Where the update ``Delta = W_to - W_from`` points relative to the dense direction ``u``:
+
+    - ``cos_top_u``: ``|cos|`` between ``Delta``'s first right singular vector and ``u``;
+    - ``u_share``: the share of ``||Delta||_F^2`` along ``u``, ``||Delta u||^2 / (||Delta||_F^2 ||u||^2)`` (1 for
+      ``Delta = a u^T``, subtracting a multiple of ``u`` from every neuron; about ``1 / d`` for a random update);
+    - ``u_kept``: how much of the weights' projection on ``u`` is left, ``||W_to u|| / ||W_from u||`` (0 when the
+      update removes every neuron's component along ``u``).
+
+    All three are 0 for a zero update (``u_kept`` then 1)."""
+    _check(W_from)
+    if W_from.shape != W_to.shape:
+        raise ValueError(f"shape mismatch: {tuple(W_from.shape)} vs {tuple(W_to.shape)}")
+    if u.shape != (W_from.shape[1],):
+        raise ValueError(f"u has shape {tuple(u.shape)}, expected ({W_from.shape[1]},)")
+    Wf, Wt, u = W_from.double(), W_to.double(), u.double()
+    u = u / u.norm().clamp_min(1e-300)
+    delta = Wt - Wf
+    energy = delta.pow(2).sum()
+    if energy == 0:
+        return {"cos_top_u": 0.0, "u_share": 0.0, "u_kept": 1.0}
+    top = torch.linalg.svd(delta, full_matrices=False)[2][0]
+    return {"cos_top_u": (top @ u).abs().item(), "u_share": ((delta @ u).pow(2).sum() / energy).item(),
+            "u_kept": ((Wt @ u).norm() / (Wf @ u).norm().clamp_min(1e-300)).item()}
+
+
 def truncated_update(W_from: torch.Tensor, W_to: torch.Tensor, rank: int) -> torch.Tensor:
     """``W_from + Delta_r``: the update replaced by its best rank-``rank`` approximation (Eckart-Young).
 

@@ -74,7 +74,7 @@ def test_adam_and_sgd_factors_differ_only_in_the_step():
 
 
 def test_lowrank_train_with_sgd_is_the_chapters_rank_r_training():
-    """SGD at cfg.lowrank_lr without progress evaluations ends at train_adversarial's weights (with them)."""
+    """SGD at cfg.lowrank_lr ends at train_adversarial's weights and logs what it logs, plus FGM accuracy."""
     cfg = _tiny()
     run = experiments.run_synthetic(cfg, device="cpu", checkpoint_dir=False, curves=False)
     s = run.setup
@@ -83,13 +83,41 @@ def test_lowrank_train_with_sgd_is_the_chapters_rank_r_training():
         gen = torch.Generator().manual_seed(experiments.lowrank_seed(cfg, 2))
         return experiments.replace(s, gen=gen)
 
-    ours, _ = experiments.lowrank_train(fresh(), run.clean, run.W0, 2)
-    chapters, _ = experiments.train_adversarial(fresh(), run.clean, run.W0, rank=2, progress=False)
+    ours, hist = experiments.lowrank_train(fresh(), run.clean, run.W0, 2)
+    chapters, ref = experiments.train_adversarial(fresh(), run.clean, run.W0, rank=2, progress=False)
     assert torch.equal(ours.weight, chapters.weight)
+    assert [{k: v for k, v in r.items() if k != "fgm_acc"} for r in hist.rows[1:]] == ref.rows[1:]
+    assert all("fgm_acc" in r for r in hist.rows)
     other, _ = experiments.lowrank_train(fresh(), run.clean, run.W0, 2, "sgd", lr=2 * cfg.lowrank_lr)
     assert not torch.equal(other.weight, chapters.weight)
     with pytest.raises(ValueError, match="unknown optimiser 'rmsprop'"):
         experiments.lowrank_train(fresh(), run.clean, run.W0, 2, "rmsprop")
+
+
+def test_grid_cell_records_its_training_curve_and_where_its_update_points():
+    """The curve's last row is the final network measured on the first LOWRANK_CURVE_N held-out points (clean and
+    FGM accuracy as the attacks module computes them), and the directions are those of the final update."""
+    from fp_helpers import purification as pur
+    from fp_helpers.attacks import AttackSpec, accuracy, robust_accuracy
+
+    cfg = _tiny(adv_steps=120, log_every=40)
+    run = experiments.run_synthetic(cfg, device="cpu", checkpoint_dir=False, curves=False)
+    Wc = run.clean.weight.detach()
+    cell = experiments._lowrank_grid_unit(cfg, 2, "adam", 3e-3, run.W0, Wc, float(run.clean.beta), "cpu")
+    json.dumps(cell, allow_nan=False)  # the step-0 loss (not defined) is None, not NaN
+    curve = cell["curve"]
+    assert [r["step"] for r in curve] == [0, 40, 80, 120] and curve[0]["loss"] is None
+    assert curve[-1]["loss"] == cell["final_loss"]
+    # the same training again, to measure its final network independently
+    s = experiments.replace(run.setup, gen=torch.Generator().manual_seed(experiments.lowrank_seed(cfg, 2)))
+    net, _ = experiments.lowrank_train(s, run.clean, run.W0, 2, "adam", 3e-3)
+    x, y = s.x_eval[:experiments.LOWRANK_CURVE_N], s.y_eval[:experiments.LOWRANK_CURVE_N]
+    assert curve[-1]["clean_acc"] == accuracy(net, x, y)
+    assert curve[-1]["fgm_acc"] == robust_accuracy(net, x, y, cfg.tau, AttackSpec("fgm", cfg.norm))
+    assert curve[0]["clean_acc"] == accuracy(run.clean, x, y)  # step 0: the clean network it starts from
+    assert {k: cell[k] for k in ("cos_top_u", "u_share", "u_kept")} == pur.update_directions(Wc, net.weight.detach(),
+                                                                                           s.dist.u)
+    assert 0 <= cell["u_share"] <= 1 and 0 <= cell["cos_top_u"] <= 1 + 1e-9
 
 
 def test_adam_rank_r_training_lowers_the_adversarial_loss():
@@ -131,6 +159,12 @@ def test_run_lowrank_reports_every_cell_and_a_divergence_without_raising():
             assert t["diverged"] is None
             assert t["robust_acc"] <= t["fgm_acc"] + 0.05  # sanity: PGD with restarts is about as strong as FGM or more
             assert 0 < t["update_rel_norm"] < float("inf")
+            if t["rank"] == 1:  # one direction: its share of the update along u is its squared cosine with u
+                assert abs(t["u_share"] - t["cos_top_u"] ** 2) < 1e-6
+    # where the full update and the chapter's rank-r training point, as lowrank_study measures them
+    assert {k: out["spectrum"][k] for k in ("u_share", "u_kept")} == {k: study["directions"][k]
+                                                                       for k in ("u_share", "u_kept")}
+    assert chapter_cell["u_share"] == study["trained"][2]["u_share"]
     assert out["provenance"]["experiment"] == "lowrank"
     json.dumps(out)  # plain numbers: the CLI writes it as it is
 

@@ -50,6 +50,37 @@ def test_update_spectrum_finds_a_planted_low_rank_update():
     assert torch.all(dense.energy_share[1:] >= dense.energy_share[:-1])
 
 
+def test_update_directions_tell_a_dense_direction_update_from_others():
+    g = torch.Generator().manual_seed(3)
+    d, m = 50, 30
+    u = torch.randn(d, generator=g)
+    u_hat = u / u.norm()
+    rest = torch.randn(m, d, generator=g)
+    rest -= (rest @ u_hat)[:, None] * u_hat  # every row orthogonal to u
+    along = torch.randn(m, 1, generator=g) * u_hat  # each neuron's component along u
+    W = rest + along
+    # subtracting each neuron's multiple of u: the update lies along u, and nothing of W's projection on u is left
+    purified = pur.update_directions(W, rest, 3 * u)  # u's length does not matter
+    assert purified["cos_top_u"] > 1 - 1e-9 and purified["u_share"] > 1 - 1e-9 and purified["u_kept"] < 1e-6
+    halfway = pur.update_directions(W, W - 0.5 * along, u)
+    assert abs(halfway["u_kept"] - 0.5) < 1e-6 and halfway["u_share"] > 1 - 1e-9
+    # an update orthogonal to u: none of its energy along u, the projection on u untouched
+    ortho = pur.update_directions(W, W + 0.3 * rest, u)
+    assert ortho["u_share"] < 1e-12 and ortho["cos_top_u"] < 1e-6 and abs(ortho["u_kept"] - 1) < 1e-6
+    # a random update: about 1/d of its energy along u
+    rand = pur.update_directions(W, W + torch.randn(m, d, generator=g), u)
+    assert 0.1 / d < rand["u_share"] < 10 / d
+    # rank one: the share along u is the squared cosine of its one direction
+    b_vec = torch.randn(d, generator=g)
+    r1 = pur.update_directions(W, W + torch.randn(m, 1, generator=g) * b_vec, u)
+    assert abs(r1["u_share"] - r1["cos_top_u"] ** 2) < 1e-9
+    assert pur.update_directions(W, W.clone(), u) == {"cos_top_u": 0.0, "u_share": 0.0, "u_kept": 1.0}
+    with pytest.raises(ValueError, match="u has shape"):
+        pur.update_directions(W, W, torch.ones(d + 1))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        pur.update_directions(W, W[:, :-1], u)
+
+
 def test_truncated_update_is_the_best_rank_r_approximation():
     g = torch.Generator().manual_seed(2)
     W, W2 = torch.randn(20, 30, generator=g), torch.randn(20, 30, generator=g)
