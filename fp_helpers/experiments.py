@@ -721,7 +721,8 @@ def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, opt
     weights: ``tests/test_lowrank.py``). Every ``log_every`` steps the history records what
     :func:`train_adversarial`'s does (:func:`progress_eval`, with ``W0`` the initial weights) and the accuracy
     under FGM, the training attack, on the same points (``fgm_acc``: above ``clean_acc`` once the training leaks,
-    :func:`leaks`); these evaluations draw nothing from ``s.gen``, so the weights do not depend on them."""
+    :func:`leaks`) and how much of the start's projection on the dense direction is left (``u_kept``,
+    :func:`fp_helpers.purification.update_directions`); these evaluations draw nothing from ``s.gen``, so the weights do not depend on them."""
     if optimiser not in LOWRANK_OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; allowed: {', '.join(LOWRANK_OPTIMISERS)}")
     net = LOWRANK_OPTIMISERS[optimiser](start, rank, generator=s.gen)
@@ -729,12 +730,14 @@ def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, opt
     tcfg = s.cfg.adv_train_config(lowrank=True)
     if lr is not None:
         tcfg = replace(tcfg, lr=float(lr)).validate()
-    base = progress_eval(s, W0, n=LOWRANK_CURVE_N, W_clean=start.weight.detach())
+    W_start = start.weight.detach()
+    base = progress_eval(s, W0, n=LOWRANK_CURVE_N, W_clean=W_start)
     n = len(s.x_eval[:LOWRANK_CURVE_N])
     x, y, fgm_spec = s.x_eval[:n], s.y_eval[:n], AttackSpec("fgm", s.cfg.norm)
 
     def eval_fn(step, model):
-        return {**base(step, model), "fgm_acc": robust_accuracy(model, x, y, s.cfg.tau, fgm_spec)}
+        return {**base(step, model), "fgm_acc": robust_accuracy(model, x, y, s.cfg.tau, fgm_spec),
+                "u_kept": pur.update_directions(W_start, model.weight.detach(), s.dist.u)["u_kept"]}
 
     hist = train(net, s.dist, tcfg, s.gen, eval_fn=eval_fn, progress=progress,
                  desc=f"{tcfg.attack} training (rank {rank}, {optimiser}, lr {tcfg.lr:g})")
@@ -742,7 +745,7 @@ def lowrank_train(s: Setup, start: TwoLayerNet, W0: torch.Tensor, rank: int, opt
 
 
 LOWRANK_CURVE_N = 500  # the held-out points progress_eval uses (its default n)
-LOWRANK_CURVE_KEYS = ("step", "loss", "clean_acc", "fgm_acc", "robust_acc", "mixture_norm_median")
+LOWRANK_CURVE_KEYS = ("step", "loss", "clean_acc", "fgm_acc", "robust_acc", "mixture_norm_median", "u_kept")
 
 
 def _curve(hist: History) -> list[dict]:
@@ -784,9 +787,10 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
     ``principle_holds_fraction``, ``spectrum`` (energy shares, relative size, |cos(top, u)|), ``truncated`` and
     ``trained`` (lists of rows; a trained row also has FGM accuracy, the last step's training loss, the update's
     norm relative to the clean weights', the median mixture norm, where the update points
-    (:func:`fp_helpers.purification.update_directions`: ``cos_top_u``, ``u_share``, ``u_kept``; ``spectrum`` has
+    (:func:`fp_helpers.purification.update_directions`: ``cos_top_u``, ``u_share``, ``u_kept``, ``u_kept_norm``;
+    ``spectrum`` has
     them for the full update) and ``curve``, the training's logged rows: loss, clean, FGM and PGD-10 accuracy and
-    the median mixture norm on the first ``LOWRANK_CURVE_N`` held-out points)."""
+    the median mixture norm on the first ``LOWRANK_CURVE_N`` held-out points, and ``u_kept`` so far)."""
     cfg = _check_config(cfg)
     t0 = time.perf_counter()
     run = run_synthetic(cfg, device=device, progress=progress, curves=False, checkpoint_dir=checkpoint_dir)
@@ -809,7 +813,7 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
         "principle_holds_fraction": m["principle"]["holds_fraction"],
         "spectrum": {"energy_share": {int(r): spec.share(int(r)) for r in (1, 2, 4, 16, 64) if r <= min(Wc.shape)},
                      "relative_size": spec.relative_size, "cos_top_u": study["cos_top_u"],
-                     "u_share": study["directions"]["u_share"], "u_kept": study["directions"]["u_kept"]},
+                     **{k: study["directions"][k] for k in ("u_share", "u_kept", "u_kept_norm")}},
         "truncated": [{"rank": int(r), **v} for r, v in sorted(study["truncated"].items())],
         "trained": trained,
         "chapter_lr": cfg.lowrank_lr,

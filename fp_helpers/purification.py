@@ -162,10 +162,12 @@ def update_directions(W_from: torch.Tensor, W_to: torch.Tensor, u: torch.Tensor)
     - ``cos_top_u``: ``|cos|`` between ``Delta``'s first right singular vector and ``u``;
     - ``u_share``: the share of ``||Delta||_F^2`` along ``u``, ``||Delta u||^2 / (||Delta||_F^2 ||u||^2)`` (1 for
       ``Delta = a u^T``, subtracting a multiple of ``u`` from every neuron; about ``1 / d`` for a random update);
-    - ``u_kept``: how much of the weights' projection on ``u`` is left, ``||W_to u|| / ||W_from u||`` (0 when the
-      update removes every neuron's component along ``u``).
+    - ``u_kept``: how much of the weights' projection on ``u`` is left, with its sign: the least-squares coefficient
+      of ``W_to u`` on ``W_from u``, ``<W_to u, W_from u> / ||W_from u||^2`` (1: untouched; 0: every neuron's
+      component along ``u`` removed; negative: reversed; above 1: amplified);
+    - ``u_kept_norm``: the same without the sign, ``||W_to u|| / ||W_from u||``.
 
-    All three are 0 for a zero update (``u_kept`` then 1)."""
+    For a zero update the first two are 0 and the last two 1."""
     _check(W_from)
     if W_from.shape != W_to.shape:
         raise ValueError(f"shape mismatch: {tuple(W_from.shape)} vs {tuple(W_to.shape)}")
@@ -176,10 +178,12 @@ def update_directions(W_from: torch.Tensor, W_to: torch.Tensor, u: torch.Tensor)
     delta = Wt - Wf
     energy = delta.pow(2).sum()
     if energy == 0:
-        return {"cos_top_u": 0.0, "u_share": 0.0, "u_kept": 1.0}
+        return {"cos_top_u": 0.0, "u_share": 0.0, "u_kept": 1.0, "u_kept_norm": 1.0}
     top = torch.linalg.svd(delta, full_matrices=False)[2][0]
+    pf, pt = Wf @ u, Wt @ u  # every neuron's component along u, before and after
     return {"cos_top_u": (top @ u).abs().item(), "u_share": ((delta @ u).pow(2).sum() / energy).item(),
-            "u_kept": ((Wt @ u).norm() / (Wf @ u).norm().clamp_min(1e-300)).item()}
+            "u_kept": ((pt @ pf) / pf.pow(2).sum().clamp_min(1e-300)).item(),
+            "u_kept_norm": (pt.norm() / pf.norm().clamp_min(1e-300)).item()}
 
 
 def truncated_update(W_from: torch.Tensor, W_to: torch.Tensor, rank: int) -> torch.Tensor:

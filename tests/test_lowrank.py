@@ -86,8 +86,8 @@ def test_lowrank_train_with_sgd_is_the_chapters_rank_r_training():
     ours, hist = experiments.lowrank_train(fresh(), run.clean, run.W0, 2)
     chapters, ref = experiments.train_adversarial(fresh(), run.clean, run.W0, rank=2, progress=False)
     assert torch.equal(ours.weight, chapters.weight)
-    assert [{k: v for k, v in r.items() if k != "fgm_acc"} for r in hist.rows[1:]] == ref.rows[1:]
-    assert all("fgm_acc" in r for r in hist.rows)
+    assert [{k: v for k, v in r.items() if k not in ("fgm_acc", "u_kept")} for r in hist.rows[1:]] == ref.rows[1:]
+    assert all("fgm_acc" in r for r in hist.rows) and hist.rows[0]["u_kept"] == 1.0  # step 0: no update yet
     other, _ = experiments.lowrank_train(fresh(), run.clean, run.W0, 2, "sgd", lr=2 * cfg.lowrank_lr)
     assert not torch.equal(other.weight, chapters.weight)
     with pytest.raises(ValueError, match="unknown optimiser 'rmsprop'"):
@@ -115,8 +115,9 @@ def test_grid_cell_records_its_training_curve_and_where_its_update_points():
     assert curve[-1]["clean_acc"] == accuracy(net, x, y)
     assert curve[-1]["fgm_acc"] == robust_accuracy(net, x, y, cfg.tau, AttackSpec("fgm", cfg.norm))
     assert curve[0]["clean_acc"] == accuracy(run.clean, x, y)  # step 0: the clean network it starts from
-    assert {k: cell[k] for k in ("cos_top_u", "u_share", "u_kept")} == pur.update_directions(Wc, net.weight.detach(),
-                                                                                           s.dist.u)
+    assert curve[-1]["u_kept"] == cell["u_kept"]
+    assert {k: cell[k] for k in ("cos_top_u", "u_share", "u_kept", "u_kept_norm")} == pur.update_directions(
+        Wc, net.weight.detach(), s.dist.u)
     assert 0 <= cell["u_share"] <= 1 and 0 <= cell["cos_top_u"] <= 1 + 1e-9
 
 
@@ -162,8 +163,8 @@ def test_run_lowrank_reports_every_cell_and_a_divergence_without_raising():
             if t["rank"] == 1:  # one direction: its share of the update along u is its squared cosine with u
                 assert abs(t["u_share"] - t["cos_top_u"] ** 2) < 1e-6
     # where the full update and the chapter's rank-r training point, as lowrank_study measures them
-    assert {k: out["spectrum"][k] for k in ("u_share", "u_kept")} == {k: study["directions"][k]
-                                                                       for k in ("u_share", "u_kept")}
+    keys = ("u_share", "u_kept", "u_kept_norm")
+    assert {k: out["spectrum"][k] for k in keys} == {k: study["directions"][k] for k in keys}
     assert chapter_cell["u_share"] == study["trained"][2]["u_share"]
     assert out["provenance"]["experiment"] == "lowrank"
     json.dumps(out)  # plain numbers: the CLI writes it as it is

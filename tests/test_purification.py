@@ -64,6 +64,11 @@ def test_update_directions_tell_a_dense_direction_update_from_others():
     assert purified["cos_top_u"] > 1 - 1e-9 and purified["u_share"] > 1 - 1e-9 and purified["u_kept"] < 1e-6
     halfway = pur.update_directions(W, W - 0.5 * along, u)
     assert abs(halfway["u_kept"] - 0.5) < 1e-6 and halfway["u_share"] > 1 - 1e-9
+    # reversing every neuron's component along u: the sign tells it from amplifying it
+    reversed_ = pur.update_directions(W, W - 3 * along, u)
+    amplified = pur.update_directions(W, W + along, u)
+    assert abs(reversed_["u_kept"] + 2) < 1e-5 and abs(amplified["u_kept"] - 2) < 1e-5
+    assert abs(reversed_["u_kept_norm"] - 2) < 1e-5 and abs(amplified["u_kept_norm"] - 2) < 1e-5
     # an update orthogonal to u: none of its energy along u, the projection on u untouched
     ortho = pur.update_directions(W, W + 0.3 * rest, u)
     assert ortho["u_share"] < 1e-12 and ortho["cos_top_u"] < 1e-6 and abs(ortho["u_kept"] - 1) < 1e-6
@@ -74,7 +79,8 @@ def test_update_directions_tell_a_dense_direction_update_from_others():
     b_vec = torch.randn(d, generator=g)
     r1 = pur.update_directions(W, W + torch.randn(m, 1, generator=g) * b_vec, u)
     assert abs(r1["u_share"] - r1["cos_top_u"] ** 2) < 1e-9
-    assert pur.update_directions(W, W.clone(), u) == {"cos_top_u": 0.0, "u_share": 0.0, "u_kept": 1.0}
+    assert pur.update_directions(W, W.clone(), u) == {"cos_top_u": 0.0, "u_share": 0.0, "u_kept": 1.0,
+                                                      "u_kept_norm": 1.0}
     with pytest.raises(ValueError, match="u has shape"):
         pur.update_directions(W, W, torch.ones(d + 1))
     with pytest.raises(ValueError, match="shape mismatch"):
