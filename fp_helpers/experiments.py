@@ -865,6 +865,51 @@ def optimiser_name(o: str) -> str:
     return "SGD" if o == "sgd" else o.capitalize()
 
 
+def leak_onset(t: dict) -> int | None:
+    """The first logged step of a rank-r training's ``curve`` at which its FGM accuracy exceeds its clean accuracy
+    (on the curve's points, :data:`LOWRANK_CURVE_N` of them); None if it never does (or the training diverged)."""
+    if t.get("diverged"):
+        return None
+    return next((r["step"] for r in t["curve"] if r["step"] > 0 and r["fgm_acc"] > r["clean_acc"]), None)
+
+
+def lowrank_direction_glue(results: dict[str, dict]) -> dict:
+    """Where the updates of ``{letter: run lowrank result}`` point (:func:`fp_helpers.purification.update_directions`)
+    and when the leaking trainings start to leak (``lrd_<letter>_<what>``): for the full update its share along
+    ``u``, ``|cos(top, u)|`` and the projection on ``u`` it keeps (``full_*``); for the rank-r trainings that do not
+    leak (``held_*``) and those that do (``leak_*``; :func:`leaks`), the range of their update's share along ``u``,
+    of ``|cos(top, u)|`` and of the projection kept (signed: negative = reversed), how many reverse it; for the
+    leaking ones, the range of :func:`leak_onset` and how many have reversed the projection by the first logged step
+    at which they leak (``rev_by_onset``)."""
+    out = {}
+    for L, res in sorted(results.items()):
+        sp = res["spectrum"]
+        out.update({f"lrd_{L}_full_cos": sp["cos_top_u"], f"lrd_{L}_full_share": sp["u_share"],
+                    f"lrd_{L}_full_kept": sp["u_kept"], f"lrd_{L}_steps": res["config"]["adv_steps"]})
+        ok = [t for t in res["trained"] if not t.get("diverged")]
+        for name, group in (("held", [t for t in ok if not leaks(t)]), ("leak", [t for t in ok if leaks(t)])):
+            out[f"lrd_{L}_{name}"] = len(group)
+            if not group:
+                continue
+            rev = sum(t["u_kept"] < 0 for t in group)
+            out.update({f"lrd_{L}_{name}_share_min": min(t["u_share"] for t in group),
+                        f"lrd_{L}_{name}_share_max": max(t["u_share"] for t in group),
+                        f"lrd_{L}_{name}_cos_min": min(t["cos_top_u"] for t in group),
+                        f"lrd_{L}_{name}_kept_min": min(t["u_kept"] for t in group),
+                        f"lrd_{L}_{name}_kept_max": max(t["u_kept"] for t in group),
+                        f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": _of(rev, len(group))})
+        leaking = [t for t in ok if leaks(t)]
+        onsets = [leak_onset(t) for t in leaking]
+        known = [o for o in onsets if o is not None]
+        if known:
+            out.update({f"lrd_{L}_onset_min": min(known), f"lrd_{L}_onset_max": max(known)})
+        if leaking:
+            by = sum(o is not None and any(r["step"] <= o and r["u_kept"] < 0 for r in t["curve"])
+                     for t, o in zip(leaking, onsets))
+            out.update({f"lrd_{L}_rev_by_onset": by, f"lrd_{L}_rev_by_onset_of": _of(by, len(leaking))})
+    return out
+
+
 def lowrank_grid_rows(res: dict) -> tuple[list[str], list[list]]:
     """The table of one ``run lowrank`` result: one row per (optimiser, lr) of rank-r training, one column per
     rank, each cell ``clean / PGD (FGM)`` accuracy (``diverged``; a dagger where FGM accuracy exceeds clean

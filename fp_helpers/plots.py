@@ -373,3 +373,52 @@ def lowrank_grid(results: Mapping[str, Mapping]):
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
+
+
+def lowrank_curves(results: Mapping[str, Mapping]):
+    """One column per ``run lowrank`` result (``{regime letter: result}``), every rank-r training's logged curve
+    against the FGM step: top, FGM accuracy minus clean accuracy (above zero: the training leaks, see
+    :func:`fp_helpers.experiments.leaks`); bottom, how much of the clean network's projection on the dense
+    direction ``u`` the weights keep (``u_kept``: 1 untouched, 0 removed, negative reversed), with the full-rank FGM
+    update's final value as a line. Colours as :func:`lowrank_grid` (SGD blues, Adam oranges, darker = larger
+    rate); line style by rank (dotted, dashed, solid from the smallest rank to the largest)."""
+    from .experiments import grid_settings, optimiser_name
+
+    letters = sorted(results)
+    fig, axes = plt.subplots(2, len(letters), figsize=(4.2 * len(letters), 6.4), squeeze=False, sharex="col")
+    cmaps = {"sgd": plt.cm.Blues, "adam": plt.cm.Oranges}
+    for j, L in enumerate(letters):
+        res = results[L]
+        top, bottom = axes[0, j], axes[1, j]
+        regime = L if len(L) == 1 else f"{L[0]} ({L[1:]})"
+        settings = grid_settings(res)
+        shade = {}
+        for o in {o for o, _ in settings}:
+            lrs = [lr for oo, lr in settings if oo == o]
+            shade.update({(o, lr): cmaps.get(o, plt.cm.Greys)(x) for lr, x in zip(lrs, np.linspace(0.45, 0.95, len(lrs)))})
+        ranks = sorted({t["rank"] for t in res["trained"]})
+        styles = dict(zip(ranks, [":", "--", "-", "-."] * len(ranks)))
+        for t in res["trained"]:
+            if t.get("diverged") or not t.get("curve"):
+                continue
+            c = [r for r in t["curve"] if r["step"] > 0]
+            steps = [r["step"] for r in c]
+            kw = dict(color=shade[t["optimiser"], t["lr"]], ls=styles[t["rank"]], lw=1.3)
+            top.plot(steps, [r["fgm_acc"] - r["clean_acc"] for r in c], **kw)
+            bottom.plot(steps, [r["u_kept"] for r in c], **kw)
+        for ax in (top, bottom):
+            ax.axhline(0, color="0.4", lw=0.8)
+        bottom.axhline(res["spectrum"]["u_kept"], color=PALETTE["adversarial"], lw=1.2, ls=":")
+        top.set(ylabel="FGM acc. - clean acc.", title=f"regime {regime}: {res['config']['adv_steps']} FGM steps")
+        bottom.set(xlabel="FGM step", ylabel="projection on u kept")
+    from matplotlib.lines import Line2D
+
+    first = results[letters[0]]
+    handles = [Line2D([], [], color=cmaps.get(o, plt.cm.Greys)(0.7), label=f"{optimiser_name(o)} (darker: larger lr)")
+               for o in dict.fromkeys(o for o, _ in grid_settings(first))]
+    ranks = sorted({t["rank"] for t in first["trained"]})
+    handles += [Line2D([], [], color="0.3", ls=ls, label=f"rank {r}") for r, ls in zip(ranks, [":", "--", "-", "-."])]
+    handles.append(Line2D([], [], color=PALETTE["adversarial"], ls=":", label="full-rank FGM update (end)"))
+    axes[0, -1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig

@@ -286,3 +286,52 @@ def test_lowrank_grid_results_rejects_other_results_and_two_files_of_a_regime(tm
 def test_lowrank_grid_results_needs_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="results/lowrank/run.sh"):
         experiments.lowrank_grid_results(tmp_path)
+
+
+def _fake_curved_result():
+    """A result with curves and directions: one training that holds and removes u, one that reverses u and then
+    leaks, one that leaks with u amplified, one diverged."""
+    def cell(clean, fgm, kept, share, cos, curve):
+        rows = [{"step": s, "loss": None if s == 0 else 1.0, "clean_acc": c, "fgm_acc": f, "robust_acc": 0.2,
+                 "mixture_norm_median": 0.9, "u_kept": k} for s, c, f, k in curve]
+        return {"diverged": None, "clean_acc": clean, "robust_acc": 0.2, "fgm_acc": fgm, "u_kept": kept,
+                "u_share": share, "cos_top_u": cos, "mixture_norm_median": 0.9, "update_rel_norm": 1.0, "curve": rows}
+
+    held = cell(0.88, 0.27, 0.15, 0.999, 1.0, [(0, 1.0, 0.4, 1.0), (100, 0.9, 0.3, 0.5), (200, 0.88, 0.27, 0.15)])
+    rev = cell(0.50, 0.75, -0.8, 0.99, 0.999, [(0, 1.0, 0.4, 1.0), (100, 0.8, 0.5, -0.2), (200, 0.5, 0.75, -0.8)])
+    amp = cell(0.55, 0.80, 1.6, 0.80, 0.97, [(0, 1.0, 0.4, 1.0), (100, 0.7, 0.72, 1.2), (200, 0.55, 0.80, 1.6)])
+    trained = [{"rank": 1, "optimiser": "sgd", "lr": 0.03, **held}, {"rank": 1, "optimiser": "adam", "lr": 0.01, **rev},
+               {"rank": 4, "optimiser": "adam", "lr": 0.01, **amp},
+               {"rank": 4, "optimiser": "sgd", "lr": 0.03, "diverged": "training diverged at step 3"}]
+    return {"trained": trained, "config": {"adv_steps": 200},
+            "spectrum": {"cos_top_u": 0.998, "u_share": 0.32, "u_kept": -0.1, "u_kept_norm": 0.11},
+            "run": {"clean": {"clean_acc": 1.0, "robust_acc": 0.37}, "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}}}
+
+
+def test_leak_onset_and_direction_glue_tell_holding_from_leaking_trainings():
+    res = _fake_curved_result()
+    assert [experiments.leak_onset(t) for t in res["trained"]] == [None, 200, 100, None]
+    g = experiments.lowrank_direction_glue({"A": res})
+    assert (g["lrd_A_full_share"], g["lrd_A_full_kept"], g["lrd_A_full_cos"], g["lrd_A_steps"]) == (0.32, -0.1, 0.998, 200)
+    assert g["lrd_A_held"] == 1 and g["lrd_A_held_kept_max"] == 0.15 and g["lrd_A_held_reversed_of"] == "none of the 1"
+    assert g["lrd_A_leak"] == 2 and (g["lrd_A_leak_kept_min"], g["lrd_A_leak_kept_max"]) == (-0.8, 1.6)
+    assert (g["lrd_A_leak_share_min"], g["lrd_A_leak_cos_min"]) == (0.80, 0.97)
+    assert g["lrd_A_leak_reversed"] == 1 and g["lrd_A_leak_reversed_of"] == "1 of the 2"
+    assert (g["lrd_A_onset_min"], g["lrd_A_onset_max"]) == (100, 200)
+    # the reversing training had reversed u (step 100) by its leak (step 200); the amplifying one never did
+    assert g["lrd_A_rev_by_onset"] == 1 and g["lrd_A_rev_by_onset_of"] == "1 of the 2"
+
+
+def test_lowrank_curves_figure_draws_a_line_per_finished_training():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fp_helpers import plots
+
+    fig = plots.lowrank_curves({"A": _fake_curved_result(), "Along": _fake_curved_result()})
+    top, bottom = fig.axes[0], fig.axes[2]
+    assert len(top.lines) == 3 + 1 and len(bottom.lines) == 3 + 2  # three trainings; zero line (+ full update)
+    # top: FGM minus clean accuracy of each logged step after the start; the leaking training ends above zero
+    assert list(top.lines[1].get_ydata()) == pytest.approx([0.5 - 0.8, 0.75 - 0.5])
+    assert "A (long)" in fig.axes[1].get_title()
+    matplotlib.pyplot.close(fig)
