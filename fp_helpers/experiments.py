@@ -876,9 +876,11 @@ def leak_onset(t: dict) -> int | None:
 def lowrank_direction_glue(results: dict[str, dict]) -> dict:
     """Where the updates of ``{letter: run lowrank result}`` point (:func:`fp_helpers.purification.update_directions`)
     and when the leaking trainings start to leak (``lrd_<letter>_<what>``): for the full update its share along
-    ``u``, ``|cos(top, u)|`` and the projection on ``u`` it keeps (``full_*``); for the rank-r trainings that do not
-    leak (``held_*``) and those that do (``leak_*``; :func:`leaks`), the range of their update's share along ``u``,
-    of ``|cos(top, u)|`` and of the projection kept (signed: negative = reversed), how many reverse it; for the
+    ``u``, ``|cos(top, u)|`` and the projection on ``u`` it keeps (``full_*``); for the rank-r trainings (``all_*``),
+    those that do not leak (``held_*``), those that do (``leak_*``; :func:`leaks`), those of each optimiser
+    (``sgd_*``, ``adam_*``) and of each rank (``r1_*``, ...), their number, the range of their update's share along ``u``, the smallest
+    ``|cos(top, u)|``, the range of the projection kept (``kept``, signed: negative = reversed; ``keptnorm``, the
+    ratio of norms) and how many reverse it; for the
     leaking ones, the range of :func:`leak_onset` and how many have reversed the projection by the first logged step
     at which they leak (``rev_by_onset``)."""
     out = {}
@@ -887,7 +889,10 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
         out.update({f"lrd_{L}_full_cos": sp["cos_top_u"], f"lrd_{L}_full_share": sp["u_share"],
                     f"lrd_{L}_full_kept": sp["u_kept"], f"lrd_{L}_steps": res["config"]["adv_steps"]})
         ok = [t for t in res["trained"] if not t.get("diverged")]
-        for name, group in (("held", [t for t in ok if not leaks(t)]), ("leak", [t for t in ok if leaks(t)])):
+        groups = {"all": ok, "held": [t for t in ok if not leaks(t)], "leak": [t for t in ok if leaks(t)],
+                  **{o: [t for t in ok if t["optimiser"] == o] for o in dict.fromkeys(t["optimiser"] for t in ok)},
+                  **{f"r{r}": [t for t in ok if t["rank"] == r] for r in sorted({t["rank"] for t in ok})}}
+        for name, group in groups.items():
             out[f"lrd_{L}_{name}"] = len(group)
             if not group:
                 continue
@@ -897,6 +902,8 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
                         f"lrd_{L}_{name}_cos_min": min(t["cos_top_u"] for t in group),
                         f"lrd_{L}_{name}_kept_min": min(t["u_kept"] for t in group),
                         f"lrd_{L}_{name}_kept_max": max(t["u_kept"] for t in group),
+                        f"lrd_{L}_{name}_keptnorm_min": min(t["u_kept_norm"] for t in group),
+                        f"lrd_{L}_{name}_keptnorm_max": max(t["u_kept_norm"] for t in group),
                         f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": _of(rev, len(group))})
         leaking = [t for t in ok if leaks(t)]
         onsets = [leak_onset(t) for t in leaking]

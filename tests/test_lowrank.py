@@ -295,7 +295,7 @@ def _fake_curved_result():
         rows = [{"step": s, "loss": None if s == 0 else 1.0, "clean_acc": c, "fgm_acc": f, "robust_acc": 0.2,
                  "mixture_norm_median": 0.9, "u_kept": k} for s, c, f, k in curve]
         return {"diverged": None, "clean_acc": clean, "robust_acc": 0.2, "fgm_acc": fgm, "u_kept": kept,
-                "u_share": share, "cos_top_u": cos, "mixture_norm_median": 0.9, "update_rel_norm": 1.0, "curve": rows}
+                "u_kept_norm": abs(kept), "u_share": share, "cos_top_u": cos, "mixture_norm_median": 0.9, "update_rel_norm": 1.0, "curve": rows}
 
     held = cell(0.88, 0.27, 0.15, 0.999, 1.0, [(0, 1.0, 0.4, 1.0), (100, 0.9, 0.3, 0.5), (200, 0.88, 0.27, 0.15)])
     rev = cell(0.50, 0.75, -0.8, 0.99, 0.999, [(0, 1.0, 0.4, 1.0), (100, 0.8, 0.5, -0.2), (200, 0.5, 0.75, -0.8)])
@@ -318,6 +318,10 @@ def test_leak_onset_and_direction_glue_tell_holding_from_leaking_trainings():
     assert (g["lrd_A_leak_share_min"], g["lrd_A_leak_cos_min"]) == (0.80, 0.97)
     assert g["lrd_A_leak_reversed"] == 1 and g["lrd_A_leak_reversed_of"] == "1 of the 2"
     assert (g["lrd_A_onset_min"], g["lrd_A_onset_max"]) == (100, 200)
+    assert g["lrd_A_all"] == 3 and (g["lrd_A_all_share_min"], g["lrd_A_all_share_max"]) == (0.80, 0.999)
+    assert g["lrd_A_sgd"] == 1 and g["lrd_A_adam"] == 2 and g["lrd_A_adam_keptnorm_max"] == 1.6
+    assert (g["lrd_A_adam_kept_min"], g["lrd_A_sgd_kept_max"]) == (-0.8, 0.15)
+    assert g["lrd_A_r1"] == 2 and g["lrd_A_r4"] == 1 and g["lrd_A_r4_share_max"] == 0.80  # the diverged one not counted
     # the reversing training had reversed u (step 100) by its leak (step 200); the amplifying one never did
     assert g["lrd_A_rev_by_onset"] == 1 and g["lrd_A_rev_by_onset_of"] == "1 of the 2"
 
