@@ -401,7 +401,7 @@ def lowrank_curves(results: Mapping[str, Mapping]):
         for t in res["trained"]:
             if t.get("diverged") or not t.get("curve"):
                 continue
-            c = [r for r in t["curve"] if r["step"] > 0]
+            c = t["curve"]  # from step 0, the clean network
             steps = [r["step"] for r in c]
             kw = dict(color=shade[t["optimiser"], t["lr"]], ls=styles[t["rank"]], lw=1.3)
             top.plot(steps, [r["fgm_acc"] - r["clean_acc"] for r in c], **kw)

@@ -335,7 +335,8 @@ def test_lowrank_curves_figure_draws_a_line_per_finished_training():
     fig = plots.lowrank_curves({"A": _fake_curved_result(), "Along": _fake_curved_result()})
     top, bottom = fig.axes[0], fig.axes[2]
     assert len(top.lines) == 3 + 1 and len(bottom.lines) == 3 + 2  # three trainings; zero line (+ full update)
-    # top: FGM minus clean accuracy of each logged step after the start; the leaking training ends above zero
-    assert list(top.lines[1].get_ydata()) == pytest.approx([0.5 - 0.8, 0.75 - 0.5])
+    # top: FGM minus clean accuracy of each logged step from the start; the leaking training ends above zero
+    assert list(top.lines[1].get_ydata()) == pytest.approx([0.4 - 1.0, 0.5 - 0.8, 0.75 - 0.5])
+    assert list(bottom.lines[1].get_ydata()) == [1.0, -0.2, -0.8]
     assert "A (long)" in fig.axes[1].get_title()
     matplotlib.pyplot.close(fig)
