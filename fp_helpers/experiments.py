@@ -904,7 +904,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
                         f"lrd_{L}_{name}_kept_max": max(t["u_kept"] for t in group),
                         f"lrd_{L}_{name}_keptnorm_min": min(t["u_kept_norm"] for t in group),
                         f"lrd_{L}_{name}_keptnorm_max": max(t["u_kept_norm"] for t in group),
-                        f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": _of(rev, len(group))})
+                        f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": count_words(rev, len(group))})
         leaking = [t for t in ok if leaks(t)]
         onsets = [leak_onset(t) for t in leaking]
         known = [o for o in onsets if o is not None]
@@ -913,7 +913,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
         if leaking:
             by = sum(o is not None and any(r["step"] <= o and r["u_kept"] < 0 for r in t["curve"])
                      for t, o in zip(leaking, onsets))
-            out.update({f"lrd_{L}_rev_by_onset": by, f"lrd_{L}_rev_by_onset_of": _of(by, len(leaking))})
+            out.update({f"lrd_{L}_rev_by_onset": by, f"lrd_{L}_rev_by_onset_of": count_words(by, len(leaking))})
     return out
 
 
@@ -941,7 +941,8 @@ def lowrank_grid_rows(res: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def _of(k: int, n: int) -> str:
+def count_words(k: int, n: int) -> str:
+    """``k`` of ``n`` in words, as the chapters write counts: "none of the 18", "all 18", "9 of the 18"."""
     return f"none of the {n}" if k == 0 else f"all {n}" if k == n else f"{k} of the {n}"
 
 
@@ -974,7 +975,7 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
             f"lrg_{L}_trunc_share": trunc[big]["energy_share"],
             f"lrg_{L}_trunc_gap": (trunc[big]["robust_acc"] - clean_pgd) / (full_pgd - clean_pgd),
             f"lrg_{L}_trunc_below_clean": sum(t["robust_acc"] < clean_pgd for t in trunc.values()),
-            f"lrg_{L}_trunc_below_clean_of": _of(sum(t["robust_acc"] < clean_pgd for t in trunc.values()), len(trunc)),
+            f"lrg_{L}_trunc_below_clean_of": count_words(sum(t["robust_acc"] < clean_pgd for t in trunc.values()), len(trunc)),
             f"lrg_{L}_truncs": len(trunc),
             f"lrg_{L}_steps": res["config"]["adv_steps"], f"lrg_{L}_holds": res["principle_holds_fraction"],
             f"lrg_{L}_rel": res["spectrum"]["relative_size"],
@@ -990,8 +991,8 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
             f"lrg_{L}_best_robust": best["robust_acc"], f"lrg_{L}_best_clean": best["clean_acc"],
             f"lrg_{L}_best_rank": best["rank"], f"lrg_{L}_best_lr": best["lr"], f"lrg_{L}_best_opt": optimiser_name(best["optimiser"]),
             f"lrg_{L}_second_robust": sorted((t["robust_acc"] for t in ok), reverse=True)[min(1, len(ok) - 1)],
-            f"lrg_{L}_below_clean": below, f"lrg_{L}_below_clean_of": _of(below, len(ok)),
-            f"lrg_{L}_leak": len(leak), f"lrg_{L}_leak_of": _of(len(leak), len(ok)),
+            f"lrg_{L}_below_clean": below, f"lrg_{L}_below_clean_of": count_words(below, len(ok)),
+            f"lrg_{L}_leak": len(leak), f"lrg_{L}_leak_of": count_words(len(leak), len(ok)),
             f"lrg_{L}_clean_min": min(t["clean_acc"] for t in ok), f"lrg_{L}_clean_max": max(t["clean_acc"] for t in ok),
             f"lrg_{L}_upd_min": min(t["update_rel_norm"] for t in ok), f"lrg_{L}_upd_max": max(t["update_rel_norm"] for t in ok),
             f"lrg_{L}_mix_min": min(t["mixture_norm_median"] for t in ok),
@@ -1019,14 +1020,14 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
                         f"lrg_{L}_hi_max": max(pgd(o, lr, hi) for o, lr in both),
                         f"lrg_{L}_hi_clean_min": min(by[o, lr, hi]["clean_acc"] for o, lr in both),
                         f"lrg_{L}_hi_clean_max": max(by[o, lr, hi]["clean_acc"] for o, lr in both),
-                        f"lrg_{L}_rises": rises, f"lrg_{L}_rises_of": _of(rises, len(both)),
-                        f"lrg_{L}_monotone": monotone, f"lrg_{L}_monotone_of": _of(monotone, len(both))})
+                        f"lrg_{L}_rises": rises, f"lrg_{L}_rises_of": count_words(rises, len(both)),
+                        f"lrg_{L}_monotone": monotone, f"lrg_{L}_monotone_of": count_words(monotone, len(both))})
             for name, r in (("lo", lo), ("hi", hi)):
                 if r in trunc:
                     above = sum(pgd(o, lr, r) > trunc[r]["robust_acc"] for o, lr in both)
                     out.update({f"lrg_{L}_trunc_at_{name}": trunc[r]["robust_acc"],
                                 f"lrg_{L}_{name}_above_trunc": above,
-                                f"lrg_{L}_{name}_above_trunc_of": _of(above, len(both))})
+                                f"lrg_{L}_{name}_above_trunc_of": count_words(above, len(both))})
         if regimes is not None and L in regimes:
             reg = regimes[L]
             out[f"lrg_{L}_same_run"] = res["config"] == reg["config"] and all(

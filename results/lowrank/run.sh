@@ -4,7 +4,9 @@
 # chapter's run) and regime G (robust, with the principle holding for about half of the neurons): for each, the
 # run itself (the same weights as results/regimes/<regime>.json), the truncations of its full update, and
 # rank-r FGM training at ranks 1, 4, 16 with SGD (lr 0.01, 0.03, 0.1) and Adam (lr 0.001, 0.003, 0.01)
-# (fp_helpers.experiments.LOWRANK_GRID). About 5 minutes (A) and 45 minutes (G) on 2 CPU cores; run from the
+# (fp_helpers.experiments.LOWRANK_GRID); for every update, where it points relative to the dense direction u
+# (purification.update_directions), and for every rank-r training its curve (clean, FGM, PGD-10 accuracy, projection
+# on u kept, every log_every steps). About 5 minutes (A) and 25-45 minutes (G) on 2 CPU cores; run from the
 # repository root:  bash results/lowrank/run.sh
 # Resumable and skippable as results/regimes/run.sh (--skip-current); each file records the command that
 # remakes it alone and its provenance (python -m fp_helpers check FILE).
