@@ -385,7 +385,7 @@ def lowrank_curves(results: Mapping[str, Mapping]):
     from .experiments import grid_settings, optimiser_name
 
     letters = sorted(results)
-    fig, axes = plt.subplots(2, len(letters), figsize=(4.2 * len(letters), 6.4), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, len(letters), figsize=(3.6 * len(letters), 5.6), squeeze=False, sharex="col")
     cmaps = {"sgd": plt.cm.Blues, "adam": plt.cm.Oranges}
     for j, L in enumerate(letters):
         res = results[L]
