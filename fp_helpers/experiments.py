@@ -873,6 +873,17 @@ def leak_onset(t: dict) -> int | None:
     return next((r["step"] for r in t["curve"] if r["step"] > 0 and r["fgm_acc"] > r["clean_acc"]), None)
 
 
+def _pattern_cos(t: dict) -> float:
+    """cos between a network's projection on ``u`` over the neurons, ``W u``, and the clean network's, ``W_clean u``
+    (from :func:`fp_helpers.purification.update_directions`: the coefficient over the ratio of norms)."""
+    return t["u_kept"] / t["u_kept_norm"] if t["u_kept_norm"] > 0 else 0.0
+
+
+def _off_u(t: dict) -> float:
+    """The norm of a rank-r training's update off the dense direction ``u``, relative to the clean weights' norm."""
+    return t["update_rel_norm"] * max(0.0, 1.0 - t["u_share"]) ** 0.5
+
+
 def lowrank_direction_glue(results: dict[str, dict]) -> dict:
     """Where the updates of ``{letter: run lowrank result}`` point (:func:`fp_helpers.purification.update_directions`)
     and when the leaking trainings start to leak (``lrd_<letter>_<what>``): for the full update its share along
@@ -880,9 +891,11 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
     those that do not leak (``held_*``), those that do (``leak_*``; :func:`leaks`), those of each optimiser
     (``sgd_*``, ``adam_*``) and of each rank (``r1_*``, ...), their number, the range of their update's share along ``u``, the smallest
     ``|cos(top, u)|``, the range of the projection kept (``kept``, signed: negative = reversed; ``keptnorm``, the
-    ratio of norms) and how many reverse it; for the
+    ratio of norms; ``pcos``, the cosine between ``W u`` and ``W_clean u`` over the neurons), how many reverse it
+    (and do not: ``not_reversed``), the update's norm off ``u`` relative to the clean weights' (``offu``) and the
+    clean accuracy; for the
     leaking ones, the range of :func:`leak_onset` and how many have reversed the projection by the first logged step
-    at which they leak (``rev_by_onset``)."""
+    at which they leak (``rev_by_onset``; strictly before it: ``rev_before_onset``)."""
     out = {}
     for L, res in sorted(results.items()):
         sp = res["spectrum"]
@@ -904,7 +917,14 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
                         f"lrd_{L}_{name}_kept_max": max(t["u_kept"] for t in group),
                         f"lrd_{L}_{name}_keptnorm_min": min(t["u_kept_norm"] for t in group),
                         f"lrd_{L}_{name}_keptnorm_max": max(t["u_kept_norm"] for t in group),
-                        f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": count_words(rev, len(group))})
+                        f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": count_words(rev, len(group)),
+                        f"lrd_{L}_{name}_not_reversed": len(group) - rev,
+                        f"lrd_{L}_{name}_pcos_min": min(_pattern_cos(t) for t in group),
+                        f"lrd_{L}_{name}_pcos_max": max(_pattern_cos(t) for t in group),
+                        f"lrd_{L}_{name}_offu_min": min(_off_u(t) for t in group),
+                        f"lrd_{L}_{name}_offu_max": max(_off_u(t) for t in group),
+                        f"lrd_{L}_{name}_clean_min": min(t["clean_acc"] for t in group),
+                        f"lrd_{L}_{name}_clean_max": max(t["clean_acc"] for t in group)})
         leaking = [t for t in ok if leaks(t)]
         onsets = [leak_onset(t) for t in leaking]
         known = [o for o in onsets if o is not None]
@@ -913,7 +933,10 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
         if leaking:
             by = sum(o is not None and any(r["step"] <= o and r["u_kept"] < 0 for r in t["curve"])
                      for t, o in zip(leaking, onsets))
-            out.update({f"lrd_{L}_rev_by_onset": by, f"lrd_{L}_rev_by_onset_of": count_words(by, len(leaking))})
+            before = sum(o is not None and any(r["step"] < o and r["u_kept"] < 0 for r in t["curve"])
+                         for t, o in zip(leaking, onsets))
+            out.update({f"lrd_{L}_rev_by_onset": by, f"lrd_{L}_rev_by_onset_of": count_words(by, len(leaking)),
+                        f"lrd_{L}_rev_before_onset": before})
     return out
 
 

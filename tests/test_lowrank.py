@@ -321,6 +321,10 @@ def test_leak_onset_and_direction_glue_tell_holding_from_leaking_trainings():
     assert g["lrd_A_all"] == 3 and (g["lrd_A_all_share_min"], g["lrd_A_all_share_max"]) == (0.80, 0.999)
     assert g["lrd_A_sgd"] == 1 and g["lrd_A_adam"] == 2 and g["lrd_A_adam_keptnorm_max"] == 1.6
     assert (g["lrd_A_adam_kept_min"], g["lrd_A_sgd_kept_max"]) == (-0.8, 0.15)
+    assert g["lrd_A_rev_before_onset"] == 1  # the reversing training: negative at step 100, leaking at 200
+    assert g["lrd_A_leak_pcos_min"] == -1.0 and g["lrd_A_leak_not_reversed"] == 1
+    assert g["lrd_A_held_offu_max"] == pytest.approx(1.0 * (1 - 0.999) ** 0.5)
+    assert (g["lrd_A_adam_clean_min"], g["lrd_A_adam_clean_max"]) == (0.50, 0.55)
     assert g["lrd_A_r1"] == 2 and g["lrd_A_r4"] == 1 and g["lrd_A_r4_share_max"] == 0.80  # the diverged one not counted
     # the reversing training had reversed u (step 100) by its leak (step 200); the amplifying one never did
     assert g["lrd_A_rev_by_onset"] == 1 and g["lrd_A_rev_by_onset_of"] == "1 of the 2"
