@@ -964,6 +964,29 @@ def lowrank_grid_rows(res: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def continuation_glue(short: dict, long: dict, prefix: str = "lrd") -> dict:
+    """What a longer ``run lowrank`` (``long``, e.g. A at 40,000 FGM steps) says about the trainings of a shorter one
+    with the same seeds (``short``): ``<prefix>_continued``, a sentence saying whether the logged rows agree at every
+    (training, step) both logged (the longer run then continues the shorter one); ``<prefix>_held_later_of`` /
+    ``_min`` / ``_max``: how many of the trainings that did not leak in ``short`` (:func:`leaks`) leak in ``long``, and
+    from which logged steps (:func:`leak_onset`)."""
+    def rows(res):
+        return {(t["optimiser"], t["lr"], t["rank"], r["step"]): r for t in res["trained"] for r in t.get("curve", [])}
+
+    a, b = rows(short), rows(long)
+    common = set(a) & set(b)
+    same = bool(common) and all(a[k] == b[k] for k in common)
+    out = {f"{prefix}_continued": f"the same logs at all {len(common)} shared (training, step) pairs" if same else
+           f"logs that differ at {sum(a[k] != b[k] for k in common)} of {len(common)} shared (training, step) pairs"}
+    held = {(t["optimiser"], t["lr"], t["rank"]) for t in short["trained"] if not t.get("diverged") and not leaks(t)}
+    later = [leak_onset(t) for t in long["trained"] if (t["optimiser"], t["lr"], t["rank"]) in held]
+    known = [o for o in later if o is not None]
+    out[f"{prefix}_held_later_of"] = count_words(len(known), len(later))
+    if known:
+        out.update({f"{prefix}_held_later_min": min(known), f"{prefix}_held_later_max": max(known)})
+    return out
+
+
 def count_words(k: int, n: int) -> str:
     """``k`` of ``n`` in words, as the chapters write counts: "none of the 18", "all 18", "9 of the 18"."""
     return f"none of the {n}" if k == 0 else f"all {n}" if k == n else f"{k} of the {n}"

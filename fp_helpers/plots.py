@@ -326,6 +326,20 @@ def regime_seeds(reg_seeds: Mapping[str, Sequence[Mapping]]):
     return fig
 
 
+_SETTING_CMAPS = {"sgd": plt.cm.Blues, "adam": plt.cm.Oranges}
+
+
+def _setting_shades(settings) -> dict:
+    """A colour per ``(optimiser, lr)`` of a low-rank grid: the optimiser's colour map (:data:`_SETTING_CMAPS`, grey
+    for another), darker for a larger rate."""
+    shade = {}
+    for o in dict.fromkeys(o for o, _ in settings):
+        lrs = [lr for oo, lr in settings if oo == o]
+        cmap = _SETTING_CMAPS.get(o, plt.cm.Greys)
+        shade.update({(o, lr): cmap(x) for lr, x in zip(lrs, np.linspace(0.45, 0.95, len(lrs)))})
+    return shade
+
+
 def lowrank_grid(results: Mapping[str, Mapping]):
     """One column per ``run lowrank`` result (``{regime letter: result}``). Top: PGD accuracy against rank for
     every (optimiser, lr) of rank-r training (SGD in blues, solid; Adam in oranges, dashed), the truncated full
@@ -336,21 +350,17 @@ def lowrank_grid(results: Mapping[str, Mapping]):
 
     letters = sorted(results)
     fig, axes = plt.subplots(2, len(letters), figsize=(4.2 * len(letters), 6.4), squeeze=False)
-    maps = {"sgd": (plt.cm.Blues, "o", "-"), "adam": (plt.cm.Oranges, "s", "--")}
+    maps = {"sgd": ("o", "-"), "adam": ("s", "--")}  # marker, line style; colours: _setting_shades
     for j, L in enumerate(letters):
         res = results[L]
         top, bottom = axes[0, j], axes[1, j]
         regime = L if len(L) == 1 else f"{L[0]} ({L[1:]})"  # "Along" (a variant of A) -> "A (long)"
         settings = grid_settings(res)
-        shade = {}
-        for o in {o for o, _ in settings}:
-            lrs = [lr for oo, lr in settings if oo == o]
-            cmap = maps.get(o, (plt.cm.Greys, "^", ":"))[0]
-            shade.update({(o, lr): cmap(x) for lr, x in zip(lrs, np.linspace(0.45, 0.95, len(lrs)))})
+        shade = _setting_shades(settings)
         for o, lr in settings:
             rows = sorted((t for t in res["trained"] if (t["optimiser"], t["lr"]) == (o, lr) and not t.get("diverged")),
                           key=lambda t: t["rank"])
-            _, marker, ls = maps.get(o, (None, "^", ":"))
+            marker, ls = maps.get(o, ("^", ":"))
             name = f"{optimiser_name(o)} lr {lr:g}"
             top.plot([t["rank"] for t in rows], [t["robust_acc"] for t in rows], marker=marker, ls=ls,
                      color=shade[o, lr], label=name)
@@ -379,23 +389,19 @@ def lowrank_curves(results: Mapping[str, Mapping]):
     """One column per ``run lowrank`` result (``{regime letter: result}``), every rank-r training's logged curve
     against the FGM step: top, FGM accuracy minus clean accuracy (above zero: the training leaks, see
     :func:`fp_helpers.experiments.leaks`); bottom, how much of the clean network's projection on the dense
-    direction ``u`` the weights keep (``u_kept``: 1 untouched, 0 removed, negative reversed), with the full-rank FGM
+    direction ``u`` the weights keep (``u_kept``: 1 the clean pattern untouched, 0 nothing of it left, negative
+    reversed), with the full-rank FGM
     update's final value as a line. Colours as :func:`lowrank_grid` (SGD blues, Adam oranges, darker = larger
     rate); line style by rank (dotted, dashed, solid from the smallest rank to the largest)."""
     from .experiments import grid_settings, optimiser_name
 
     letters = sorted(results)
     fig, axes = plt.subplots(2, len(letters), figsize=(3.6 * len(letters), 5.6), squeeze=False, sharex="col")
-    cmaps = {"sgd": plt.cm.Blues, "adam": plt.cm.Oranges}
     for j, L in enumerate(letters):
         res = results[L]
         top, bottom = axes[0, j], axes[1, j]
         regime = L if len(L) == 1 else f"{L[0]} ({L[1:]})"
-        settings = grid_settings(res)
-        shade = {}
-        for o in {o for o, _ in settings}:
-            lrs = [lr for oo, lr in settings if oo == o]
-            shade.update({(o, lr): cmaps.get(o, plt.cm.Greys)(x) for lr, x in zip(lrs, np.linspace(0.45, 0.95, len(lrs)))})
+        shade = _setting_shades(grid_settings(res))
         ranks = sorted({t["rank"] for t in res["trained"]})
         styles = dict(zip(ranks, [":", "--", "-", "-."] * len(ranks)))
         for t in res["trained"]:
@@ -414,7 +420,7 @@ def lowrank_curves(results: Mapping[str, Mapping]):
     from matplotlib.lines import Line2D
 
     first = results[letters[0]]
-    handles = [Line2D([], [], color=cmaps.get(o, plt.cm.Greys)(0.7), label=f"{optimiser_name(o)} (darker: larger lr)")
+    handles = [Line2D([], [], color=_SETTING_CMAPS.get(o, plt.cm.Greys)(0.7), label=f"{optimiser_name(o)} (darker: larger lr)")
                for o in dict.fromkeys(o for o, _ in grid_settings(first))]
     ranks = sorted({t["rank"] for t in first["trained"]})
     handles += [Line2D([], [], color="0.3", ls=ls, label=f"rank {r}") for r, ls in zip(ranks, [":", "--", "-", "-."])]

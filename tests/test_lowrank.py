@@ -344,3 +344,18 @@ def test_lowrank_curves_figure_draws_a_line_per_finished_training():
     assert list(bottom.lines[1].get_ydata()) == [1.0, -0.2, -0.8]
     assert "A (long)" in fig.axes[1].get_title()
     matplotlib.pyplot.close(fig)
+
+
+def test_continuation_glue_checks_the_shared_logs_and_finds_later_leaks():
+    short = _fake_curved_result()
+    long = json.loads(json.dumps(short))
+    held = long["trained"][0]  # did not leak in the short run: it leaks at step 300 of the long one
+    held["curve"].append({**held["curve"][-1], "step": 300, "clean_acc": 0.5, "fgm_acc": 0.7})
+    g = experiments.continuation_glue(short, long)
+    assert g["lrd_continued"] == "the same logs at all 9 shared (training, step) pairs"
+    assert (g["lrd_held_later_of"], g["lrd_held_later_min"], g["lrd_held_later_max"]) == ("all 1", 300, 300)
+    long["trained"][1]["curve"][1]["fgm_acc"] = 0.1  # another training's log differs at step 100
+    g = experiments.continuation_glue(short, long)
+    assert g["lrd_continued"] == "logs that differ at 1 of 9 shared (training, step) pairs"
+    held["curve"].pop()
+    assert experiments.continuation_glue(short, long)["lrd_held_later_of"] == "none of the 1"
