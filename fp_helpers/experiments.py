@@ -701,6 +701,31 @@ def lowrank_study(run: SyntheticRun, trained_ranks=None, truncation_ranks=(1, 2,
             "directions": pur.update_directions(Wc, Wa, s.dist.u)}
 
 
+def lowrank_study_glue(study: dict, cfg: SyntheticConfig) -> dict:
+    """The numbers the adversarial chapter quotes from :func:`lowrank_study` (``at_lr_*``, and ``at_lowrank_lr``, the
+    rank-r training's learning rate): the full update's spectrum (top direction's ``|cos|`` with ``u``, the top share,
+    relative size, share at the largest truncation) and where it points (share along ``u``, coefficient kept); the
+    smallest and largest truncation's accuracies; the best trained rank by PGD accuracy with its accuracies; over the
+    trained ranks, the smallest share along ``u``, the range of the coefficient kept and the largest norm ratio."""
+    spec, tr, trained = study["spectrum"], study["truncated"], study["trained"]
+    r1, r_big = min(tr), max(tr)
+    out = {"at_lr_cos_top_u": study["cos_top_u"], "at_lr_share1": spec.share(1), "at_lr_rel": spec.relative_size,
+           "at_lr_r1": r1, "at_lr_rbig": r_big, "at_lr_share_big": spec.share(r_big),
+           "at_lr_trunc1_clean": tr[r1]["clean_acc"], "at_lr_trunc1_robust": tr[r1]["robust_acc"],
+           "at_lr_truncbig_robust": tr[r_big]["robust_acc"], "at_lowrank_lr": cfg.lowrank_lr,
+           "at_lr_full_ushare": study["directions"]["u_share"], "at_lr_full_kept": study["directions"]["u_kept"],
+           "at_lr_trunc1_ushare": tr[r1]["u_share"]}
+    if trained:
+        best_r, best = max(trained.items(), key=lambda kv: kv[1]["robust_acc"])
+        out.update({"at_lr_trained_r": best_r, "at_lr_trained_robust": best["robust_acc"],
+                    "at_lr_trained_clean": best["clean_acc"],
+                    "at_lr_trained_ushare_min": min(t["u_share"] for t in trained.values()),
+                    "at_lr_trained_kept_min": min(t["u_kept"] for t in trained.values()),
+                    "at_lr_trained_kept_max": max(t["u_kept"] for t in trained.values()),
+                    "at_lr_trained_keptnorm_max": max(t["u_kept_norm"] for t in trained.values())})
+    return out
+
+
 # ------------------------------------------------------------------------------------------- run lowrank
 
 # Rank-r training with other optimisers and step sizes than the chapter's one (SGD at cfg.lowrank_lr):

@@ -359,3 +359,17 @@ def test_continuation_glue_checks_the_shared_logs_and_finds_later_leaks():
     assert g["lrd_continued"] == "logs that differ at 1 of 9 shared (training, step) pairs"
     held["curve"].pop()
     assert experiments.continuation_glue(short, long)["lrd_held_later_of"] == "none of the 1"
+
+
+def test_lowrank_study_glue_quotes_the_best_rank_and_where_the_updates_point():
+    cfg = _tiny(adv_steps=120)
+    run = experiments.run_synthetic(cfg, device="cpu", checkpoint_dir=False, curves=False)
+    study = experiments.lowrank_study(run, trained_ranks=(1, 2), truncation_ranks=(1, 4), workers=1)
+    g = experiments.lowrank_study_glue(study, cfg)
+    best = max((1, 2), key=lambda r: study["trained"][r]["robust_acc"])
+    assert g["at_lr_trained_r"] == best and g["at_lr_trained_robust"] == study["trained"][best]["robust_acc"]
+    assert (g["at_lr_r1"], g["at_lr_rbig"]) == (1, 4) and g["at_lr_truncbig_robust"] == study["truncated"][4]["robust_acc"]
+    assert g["at_lr_trained_kept_min"] == min(study["trained"][r]["u_kept"] for r in (1, 2))
+    assert g["at_lr_full_ushare"] == study["directions"]["u_share"] and g["at_lowrank_lr"] == cfg.lowrank_lr
+    # the rank-1 truncation lies along one direction: its share along u is that direction's squared cosine with u
+    assert abs(g["at_lr_trunc1_ushare"] - g["at_lr_cos_top_u"] ** 2) < 1e-5
