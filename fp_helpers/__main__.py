@@ -4,6 +4,7 @@
     python -m fp_helpers run lower-bounds --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json
     python -m fp_helpers run lowrank --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
+    python -m fp_helpers run attack-check --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers bench synthetic|ntk|cifar|all [--steps N] [--batch B] [--batches N] [--compile] [--out FILE]
     python -m fp_helpers check FILE_OR_FOLDER ...     # is a saved result current? (exit 1 if not)
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from .provenance import write_json_atomic  # noqa: F401  (kept here: scripts import it from fp_helpers.__main__)
 
-EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank")
+EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check")
 BENCHES = ("synthetic", "ntk", "cifar", "all")
 
 
@@ -156,6 +157,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"{result['run']['adversarial']['robust_acc']:.3f} | best rank-r training: "
                       + (f"rank {best['rank']} {best['optimiser']} lr {best['lr']:g}: clean {best['clean_acc']:.3f}, "
                          f"PGD {best['robust_acc']:.3f}" if best else "all diverged"))
+            elif args.experiment == "attack-check":
+                from .experiments import run_attack_check, synthetic_config
+
+                cfg = synthetic_config(profile, args.overrides, seed=args.seed)
+                if _is_current(args, cfg):
+                    return 0
+                result = run_attack_check(cfg, device=args.device, progress=args.progress, profile=profile,
+                                          checkpoint_dir=args.checkpoint_dir)
+                _stamp_command(result, "attack-check", profile, args, argv)
+                write_json_atomic(args.out, result)
+                i = result["radii"].index(min(result["radii"], key=lambda r: abs(r - cfg.tau)))
+                print(f"wrote {args.out} in {result['seconds']:.1f}s | at tau={cfg.tau:g}, every attack at once: "
+                      + ", ".join(f"{k} net {result['curves'][k]['every attack'][i]:.3f}" for k in ("clean", "adversarial")))
             elif args.experiment == "cifar":
                 from .cifar_experiments import cifar_config, run_cifar, save_run
 

@@ -153,8 +153,10 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2", s
     point, so the generator's stream does not depend on the model). Every iterate is scored, the starts
     included: each point keeps the iterate with the smallest margin seen, and a point stops being attacked
     once an iterate misclassifies it (margin <= 0: the attack has succeeded there, and later restarts skip
-    it). A point's iterates do not depend on the other points, so more steps or restarts can never make the
-    attack weaker. The margins come from the same forward pass as the gradient (one pass per step).
+    it). A point's iterates do not depend on the other points, and the starts of runs ``0..R-1`` do not depend
+    on ``restarts``, so with the same generator more restarts can never make the attack weaker; more steps
+    change the step size and so the whole path, and are not guaranteed to be stronger (the chapters check
+    it). The margins come from the same forward pass as the gradient (one pass per step).
     Step size defaults to ``2.5 eps / steps`` (Madry et al.).
     """
     eps = _check_eps(eps)
@@ -203,6 +205,28 @@ def dense_direction_attack(x: torch.Tensor, y: torch.Tensor, eps: float, u: torc
     norm = check_norm(norm)
     direction = u / u.norm() if norm == "l2" else u.sign()
     return x - eps * y[:, None] * direction[None, :]
+
+
+def atom_attack(x: torch.Tensor, y: torch.Tensor, eps: float, atoms: torch.Tensor, k: int,
+                agreeing: bool = False) -> torch.Tensor:
+    """Move every point's active atoms against its label, without a gradient (l2): the ``k`` atoms with the
+    largest ``|<M_j, x>|`` (``atoms``: the ``d x d`` dictionary ``M``, atoms as columns), or with ``agreeing`` only
+    those of them whose coefficient has the label's sign (the atoms that carry it, for a positive ``w*``), each
+    moved by ``-y eps / sqrt(n_moved)``: ``delta = -y eps sum_j M_j / sqrt(n_moved)``, of norm ``eps``. The worst
+    case of a network that thresholds single atoms (the book's purified oracle) and blind to any masking of
+    the gradient: a check of robustness that PGD cannot fool."""
+    eps = _check_eps(eps)
+    check_batch(x, y)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= atoms.shape[1]:
+        raise ValueError(f"k must be an int in [1, {atoms.shape[1]}] (the number of active atoms), got {k!r}")
+    coef = x @ atoms
+    top = coef.abs().topk(k, dim=1).indices
+    pick = torch.zeros_like(coef, dtype=torch.bool).scatter_(1, top, True)
+    if agreeing:
+        pick &= torch.sign(coef) == y[:, None]
+    n_moved = pick.sum(1, keepdim=True).clamp_min(1)
+    direction = (pick.to(x.dtype) / n_moved.sqrt()) @ atoms.T  # sum of the moved atoms, unit norm
+    return x - eps * y[:, None] * direction
 
 
 @dataclass(frozen=True)

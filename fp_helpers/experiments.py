@@ -456,6 +456,76 @@ def attack_strength(run: SyntheticRun) -> list[list]:
     return rows
 
 
+def _attack_check_attacks(cfg: SyntheticConfig) -> list[tuple[str, AttackSpec | str]]:
+    """The attacks of :func:`run_attack_check`, weakest first by design: name and spec (or the name of a
+    gradient-free or transfer attack)."""
+    return [("FGM", AttackSpec("fgm", cfg.norm)), ("dense direction", AttackSpec("dense", cfg.norm)),
+            ("atoms, all active", "atoms"), ("atoms, agreeing with the label", "atoms_agreeing"),
+            (f"PGD-{cfg.pgd_steps}", AttackSpec("pgd", cfg.norm, cfg.pgd_steps, 1)),
+            (f"PGD-{cfg.pgd_steps} x{cfg.pgd_restarts}", cfg.eval_attack()),
+            (f"PGD-{5 * cfg.pgd_steps} x{2 * cfg.pgd_restarts}",
+             AttackSpec("pgd", cfg.norm, 5 * cfg.pgd_steps, 2 * cfg.pgd_restarts)),
+            (f"transfer: PGD-{5 * cfg.pgd_steps} x{2 * cfg.pgd_restarts} of the other network", "transfer")]
+
+
+def run_attack_check(cfg: SyntheticConfig, device=None, progress=None, profile: str | None = None,
+                     checkpoint_dir=None) -> dict:
+    """Is a synthetic run's robustness real, or is PGD fooled (e.g. by the dead zone of the regimes with
+    ``beta > 0``, which passes no gradient)? The run of :func:`run_synthetic` (the same weights and numbers as
+    ``run synthetic`` with this config), then, for the clean and the adversarial network at every radius of
+    ``cfg.radii`` on the held-out points, the accuracy under each attack of :func:`_attack_check_attacks`:
+    the chapter's attacks, two gradient-free ones (the dense direction; :func:`fp_helpers.attacks.atom_attack`,
+    the active atoms moved against the label, all of them or only those that carry it), PGD with 5x the steps
+    and 2x the restarts, and a transfer attack (that PGD's points, crafted on the other network: a masked
+    gradient cannot hide a network from them), and under every attack at once (``every attack``: a point counts
+    only if it survives each). Also, per point at ``tau``, which attack was the only one to break it."""
+    from .attacks import atom_attack, attack, margins
+
+    cfg = _check_config(cfg)
+    if cfg.norm != "l2":
+        raise ValueError(f"run_attack_check is for the l2 runs (its atom attack is l2); got norm={cfg.norm!r}")
+    t0 = time.perf_counter()
+    run = run_synthetic(cfg, device=device, progress=progress, curves=False, checkpoint_dir=checkpoint_dir)
+    s = run.setup
+    nets = {"clean": run.clean, "adversarial": run.adversarial}
+    other = {"clean": "adversarial", "adversarial": "clean"}
+    attacks = _attack_check_attacks(cfg)
+    x, y = s.x_eval, s.y_eval
+    curves = {key: {name: [] for name, _ in attacks + [("every attack", None)]} for key in nets}
+    only = {key: {} for key in nets}
+    for r in cfg.radii:
+        r = float(r)
+        adv_x: dict = {}
+        for key, net in nets.items():  # the PGD points the transfer attack uses, crafted on each network
+            for name, spec in attacks:
+                if isinstance(spec, AttackSpec):
+                    g = torch.Generator(device=s.device).manual_seed(0)
+                    adv_x[key, name] = attack(net, x, y, r, spec, generator=g, u=s.dist.u)
+                elif spec in ("atoms", "atoms_agreeing"):
+                    adv_x[key, name] = atom_attack(x, y, r, s.dist.M, cfg.k, agreeing=spec == "atoms_agreeing")
+        strong = attacks[-2][0]
+        for key, net in nets.items():
+            with torch.no_grad():
+                ok = {name: margins(net, adv_x[other[key], strong] if spec == "transfer" else adv_x[key, name], y) > 0
+                      for name, spec in attacks}
+            every = torch.stack(list(ok.values())).all(0)
+            n = int(y.shape[0])  # shares as robust_accuracy computes them (a count over n), to compare exactly
+            for name in ok:
+                curves[key][name].append(int(ok[name].sum()) / n)
+            curves[key]["every attack"].append(int(every.sum()) / n)
+            if abs(r - cfg.tau) < 1e-12:
+                for name in ok:
+                    rest = torch.stack([v for n, v in ok.items() if n != name]).all(0)
+                    only[key][name] = int((rest & ~ok[name]).sum())
+    out = {"run": {key: {"clean_acc": run.metrics[key]["clean_acc"], "robust_acc": run.metrics[key]["robust_acc"]}
+                   for key in nets},
+           "radii": [float(r) for r in cfg.radii], "attacks": [name for name, _ in attacks] + ["every attack"],
+           "curves": curves, "only_at_tau": only, "n_points": int(x.shape[0])}
+    stamp(out, "attack-check", cfg, profile, s.device)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
 REGIME_HEADER = ["run", "beta", "init std", "steps clean+FGM", "FGM lr", "clean acc (clean / adv)",
                  "PGD acc at tau (clean / adv)", "|cos(w, w0)| (clean / adv)", "principle holds", "median ratio"]
 
@@ -557,7 +627,8 @@ REGIME_SEED_HEADER = ["run", "seeds", "PGD acc at tau, adv", "clean acc, adv", "
 
 
 def regime_seeds(folder) -> dict[str, list[dict]]:
-    """Every regime of ``folder`` (``results/regimes``) with its replicates: ``{letter: [seed 0, seed 1, ...]}``,
+    """Every regime of ``folder`` (``results/regimes``, or ``results/lowrank`` for ``run lowrank``'s) with its
+    replicates: ``{letter: [seed 0, seed 1, ...]}``,
     seed 0 being ``<regime>.json`` and the others ``seeds/<regime>_seed<k>.json`` (written by ``run.sh``), in seed
     order. A seed draws its own dictionary, held-out points, initialisation and samples; everything else in a
     replicate's config must be its regime's (``ValueError`` naming the difference otherwise). Every file is read
@@ -1110,4 +1181,83 @@ def lowrank_grid_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
         other = [L for L in sorted(results) if L in regimes and L not in same]  # no regime file: nothing to compare
         out["lrg_same_runs"] = (f"identical in every regime ({', '.join(same)})" if not other else
                                 f"identical in {', '.join(same) or 'none'}; different in {', '.join(other)}")
+    return out
+
+
+LOWRANK_SEED_HEADER = ["seed", "clean network: PGD", "full update: PGD", "best rank-r training: clean / PGD",
+                       "trainings below the clean network's PGD", "leaking (FGM above clean)",
+                       "leaking, projection on u negative by the onset", "not leaking: norm of W u kept"]
+
+
+def _lowrank_seed_units(runs: list[dict]) -> list[dict]:
+    """Per replicate of one regime's ``run lowrank`` (``runs``, e.g. ``regime_seeds("results/lowrank")["A"]``), the
+    glue of :func:`lowrank_grid_glue` and :func:`lowrank_direction_glue` with the letter ``X``, and its seed."""
+    return [{"seed": int(res["config"]["seed"]), **lowrank_grid_glue({"X": res}), **lowrank_direction_glue({"X": res})}
+            for res in runs]
+
+
+def lowrank_seed_rows(runs: list[dict]) -> list[list]:
+    """One row of :data:`LOWRANK_SEED_HEADER` per replicate of one regime's ``run lowrank`` (``runs``, in seed order):
+    does the grid's answer (no rank-r training near the full update; about half leak, the leaking ones with the
+    projection on ``u`` reversed by their onset; the others the rank-one guess) hold at every seed?"""
+    rows = []
+    for g in _lowrank_seed_units(runs):
+        n, leak = g["lrg_X_cells"] - g["lrg_X_diverged"], g.get("lrg_X_leak", 0)
+        best = f"{g['lrg_X_best_clean']:.3f} / {g['lrg_X_best_robust']:.3f}" if "lrg_X_best_robust" in g else "-"
+        held = (f"{g['lrd_X_held_keptnorm_min']:.2f}-{g['lrd_X_held_keptnorm_max']:.2f}"
+                if g.get("lrd_X_held") else "-")
+        rows.append([g["seed"], f"{g['lrg_X_clean_robust']:.3f}", f"{g['lrg_X_full_robust']:.3f}", best,
+                     f"{g.get('lrg_X_below_clean', 0)} of {n}", f"{leak} of {n}",
+                     f"{g['lrd_X_rev_by_onset']} of {leak}" if leak else "-", held])
+    return rows
+
+
+def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
+    """What the replicates of one regime's ``run lowrank`` (``runs``) say together (``lrs_<letter>_<what>``): the
+    seeds (``seeds``, as text; ``n``), the range over seeds of the number of leaking trainings (``leak_min`` /
+    ``_max``; ``leak_list``, per seed) and of the clean network's and the full update's PGD accuracy; the best
+    rank-r training's PGD accuracy at any seed (``best_max``) and the smallest margin by which the full update
+    beats it (``gap_min``); at how many seeds every training ends below the clean network (``below_all_of``); over
+    every training of every seed, the smallest share of its update along ``u`` and ``|cos(top, u)|``
+    (``share_min``, ``cos_min``), how many leak and how many of those had the projection on ``u`` negative by the
+    first logged step at which they leak (``rev_by_onset_of``; strictly before: ``rev_before_onset``), how many
+    (optimiser, rate, rank) settings leak at every seed and at any (``leak_every_seed``, ``leak_any_seed``), the range of
+    the projection's coefficient and norm kept by the trainings that do not leak (``held_kept_*``,
+    ``held_keptnorm_*``) and the largest coefficient of those that leak (``leak_kept_max``)."""
+    units = _lowrank_seed_units(runs)
+    L = f"lrs_{letter}"
+    n_tr = sum(g["lrg_X_cells"] - g["lrg_X_diverged"] for g in units)
+    leak = [g.get("lrg_X_leak", 0) for g in units]
+    below_all = sum(g.get("lrg_X_below_clean", 0) == g["lrg_X_cells"] - g["lrg_X_diverged"] for g in units)
+    out = {f"{L}_n": len(units), f"{L}_seeds": ", ".join(str(g["seed"]) for g in units),
+           f"{L}_trainings": n_tr, f"{L}_diverged": sum(g["lrg_X_diverged"] for g in units),
+           f"{L}_leak_min": min(leak), f"{L}_leak_max": max(leak), f"{L}_leak_list": ", ".join(map(str, leak)),
+           f"{L}_leak_of": count_words(sum(leak), n_tr),
+           f"{L}_below_all_of": count_words(below_all, len(units)),
+           f"{L}_clean_robust_min": min(g["lrg_X_clean_robust"] for g in units),
+           f"{L}_clean_robust_max": max(g["lrg_X_clean_robust"] for g in units),
+           f"{L}_full_min": min(g["lrg_X_full_robust"] for g in units),
+           f"{L}_full_max": max(g["lrg_X_full_robust"] for g in units)}
+    leakers = [{(t["optimiser"], t["lr"], t["rank"]) for t in res["trained"] if leaks(t)} for res in runs]
+    out.update({f"{L}_leak_every_seed": len(set.intersection(*leakers)), f"{L}_leak_any_seed": len(set.union(*leakers))})
+    with_best = [g for g in units if "lrg_X_best_robust" in g]
+    if with_best:
+        out.update({f"{L}_best_max": max(g["lrg_X_best_robust"] for g in with_best),
+                    f"{L}_gap_min": min(g["lrg_X_full_robust"] - g["lrg_X_best_robust"] for g in with_best),
+                    f"{L}_share_min": min(g["lrd_X_all_share_min"] for g in with_best),
+                    f"{L}_cos_min": min(g["lrd_X_all_cos_min"] for g in with_best)})
+    leaking = [g for g in units if g.get("lrd_X_leak")]
+    if leaking:
+        by, before = sum(g["lrd_X_rev_by_onset"] for g in leaking), sum(g["lrd_X_rev_before_onset"] for g in leaking)
+        out.update({f"{L}_rev_by_onset_of": count_words(by, sum(leak)), f"{L}_rev_by_onset": by,
+                    f"{L}_rev_before_onset": before,
+                    f"{L}_leak_kept_max": max(g["lrd_X_leak_kept_max"] for g in leaking),
+                    f"{L}_onset_min": min(g["lrd_X_onset_min"] for g in leaking if "lrd_X_onset_min" in g),
+                    f"{L}_onset_max": max(g["lrd_X_onset_max"] for g in leaking if "lrd_X_onset_max" in g)})
+    held = [g for g in units if g.get("lrd_X_held")]
+    if held:
+        out.update({f"{L}_held_kept_min": min(g["lrd_X_held_kept_min"] for g in held),
+                    f"{L}_held_kept_max": max(g["lrd_X_held_kept_max"] for g in held),
+                    f"{L}_held_keptnorm_min": min(g["lrd_X_held_keptnorm_min"] for g in held),
+                    f"{L}_held_keptnorm_max": max(g["lrd_X_held_keptnorm_max"] for g in held)})
     return out

@@ -60,6 +60,7 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "lower-bounds": ("lower_bounds.run_lower_bounds",),
     "cifar": ("cifar_experiments.run_cifar",),
     "lowrank": ("experiments.run_lowrank",),
+    "attack-check": ("experiments.run_attack_check",),
 }
 # "bench": the benchmarks time the package's code, so their results depend on every definition bench.py reaches
 # (bench.py itself is bookkeeping: it measures, it computes no number of the book)
@@ -347,7 +348,7 @@ def stamp(result: dict, experiment: str, config, profile: str | None = None, dev
 
     result["config"] = config_dict(config)
     result["environment"] = environment(profile, device)
-    if command is None and experiment in ("synthetic", "lower-bounds", "cifar", "lowrank"):
+    if command is None and experiment in ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check"):
         command = cli_command(experiment, result["environment"]["profile"], result["config"], out, extra_args)
     result["provenance"] = record(experiment, profile, device, command)
     return result
@@ -370,7 +371,7 @@ def _fmt(v) -> str:
 
 def profile_config(experiment: str, profile: str, overrides=None, seed: int | None = None) -> dict:
     """The config (plain dict) that ``run <experiment> --profile <profile> --set ...`` gives today."""
-    if experiment in ("synthetic", "lowrank"):  # lowrank: a synthetic run's config (its grid is code)
+    if experiment in ("synthetic", "lowrank", "attack-check"):  # a synthetic run's config (the rest is code)
         from .experiments import synthetic_config
 
         return config_dict(synthetic_config(profile, overrides, seed=seed))
@@ -382,7 +383,7 @@ def profile_config(experiment: str, profile: str, overrides=None, seed: int | No
         from .cifar_experiments import cifar_config
 
         return config_dict(cifar_config(profile, overrides, seed=seed))
-    raise ValueError(f"no command-line experiment {experiment!r}; allowed: synthetic, lower-bounds, cifar, lowrank")
+    raise ValueError(f"no command-line experiment {experiment!r}; allowed: synthetic, lower-bounds, cifar, lowrank, attack-check")
 
 
 def cli_command(experiment: str, profile: str, config: dict, out: str | Path | None = None,

@@ -187,3 +187,64 @@ def test_pgd_stops_on_broken_points_without_changing_the_result(quick_run):
     first_run_only = margins(net, pgd(net, x[::10], y[::10], tau, "l2", 10), y[::10]) > 0
     assert torch.equal(one_by_one, first_run_only)
     assert (together[::10] <= first_run_only).all()  # a second (random) start never makes it weaker
+
+
+def test_atom_attack_is_the_propositions_worst_case_and_moves_only_the_active_atoms():
+    import math
+
+    from fp_helpers import exercises
+    from fp_helpers.attacks import atom_attack
+
+    dist = SparseCoding(SparseCodingConfig(d=100, k=5, noise=0.0), seed=0)
+    x, y, z = dist.sample(300, torch.Generator().manual_seed(1), return_code=True)
+    r = exercises.oracle_radius(5, beta=0.1, scale=10.0)
+    # all active atoms against the label: the proposition's delta = -tau y sum_{j in S} M_j / sqrt k
+    direction = -y[:, None] * ((z != 0).float() @ dist.M.T) / math.sqrt(5)
+    assert torch.allclose(atom_attack(x, y, 0.2, dist.M, 5), x + 0.2 * direction, atol=1e-5)
+    one = z.sum(1).abs() == 1
+    net = purified_oracle(dist, 10.0, 0.1)
+    with torch.no_grad():  # below r* every point survives it, above it every |S| = 1 point falls
+        assert (y * net(atom_attack(x, y, 0.99 * r, dist.M, 5)) > 0).all()
+        assert (y * net(atom_attack(x, y, 1.01 * r, dist.M, 5)) <= 0)[one].all()
+    # agreeing: only the atoms whose sign is the label's, each moved by eps / sqrt(their number), norm eps
+    xa = atom_attack(x, y, 0.2, dist.M, 5, agreeing=True)
+    moved = (xa - x) @ dist.M
+    agree = (z * y[:, None]) > 0
+    assert torch.allclose((xa - x).norm(dim=1), torch.full((300,), 0.2), atol=1e-5)
+    assert torch.allclose(moved[~agree], torch.zeros(()), atol=1e-6)
+    assert torch.allclose(moved[agree] * y[:, None].expand_as(z)[agree],
+                          (-0.2 / agree.sum(1, keepdim=True).float().sqrt()).expand_as(z)[agree], atol=1e-6)
+
+
+def test_atom_attack_finds_the_active_atoms_through_the_noise_and_rejects_a_bad_k(data):
+    from fp_helpers.attacks import atom_attack
+
+    dist, _, _ = data
+    x, y, z = dist.sample(200, torch.Generator().manual_seed(2), return_code=True)
+    moved = (atom_attack(x, y, 0.3, dist.M, 7) - x) @ dist.M
+    assert torch.equal(moved.abs() > 1e-4, z != 0)  # the noise (0.1 in all) never hides an atom of size 1
+    with pytest.raises(ValueError, match="k must be an int"):
+        atom_attack(x, y, 0.3, dist.M, 0)
+
+
+def test_attack_check_is_the_runs_network_and_its_union_is_the_strongest(quick_run):
+    from fp_helpers.experiments import run_attack_check, synthetic_config
+
+    from dataclasses import replace
+
+    cfg = synthetic_config("quick")
+    cfg = replace(cfg, radii=(0.0, cfg.tau, 2 * cfg.tau))  # the radii do not change the training: the same networks
+    res = run_attack_check(cfg, device="cpu", checkpoint_dir=False)
+    for key in ("clean", "adversarial"):  # the same networks as run synthetic's
+        assert res["run"][key]["robust_acc"] == quick_run.metrics[key]["robust_acc"]
+        curves = res["curves"][key]
+        i = res["radii"].index(cfg.tau)
+        assert curves[f"PGD-{cfg.pgd_steps} x{cfg.pgd_restarts}"][i] == quick_run.metrics[key]["robust_acc"]
+        for name in res["attacks"]:  # every attack at once is at most each, and nothing beats clean accuracy
+            assert all(e <= a + 1e-12 for e, a in zip(curves["every attack"], curves[name]))
+            assert curves[name][0] == pytest.approx(quick_run.metrics[key]["clean_acc"])
+        assert all(b <= a + 1e-12 for a, b in zip(curves["every attack"], curves["every attack"][1:]))
+    # the clean network is far weaker than the adversarial one under the gradient attacks and under all at once
+    i = res["radii"].index(cfg.tau)
+    assert res["curves"]["clean"]["every attack"][i] < res["curves"]["adversarial"]["every attack"][i] - 0.2
+    assert set(res["only_at_tau"]["adversarial"]) == set(res["attacks"]) - {"every attack"}

@@ -373,3 +373,31 @@ def test_lowrank_study_glue_quotes_the_best_rank_and_where_the_updates_point():
     assert g["at_lr_full_ushare"] == study["directions"]["u_share"] and g["at_lowrank_lr"] == cfg.lowrank_lr
     # the rank-1 truncation lies along one direction: its share along u is that direction's squared cosine with u
     assert abs(g["at_lr_trunc1_ushare"] - g["at_lr_cos_top_u"] ** 2) < 1e-5
+
+
+def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
+    a, b = _fake_curved_result(), _fake_curved_result()
+    for res, seed in ((a, 0), (b, 1)):
+        res["config"] = {"adv_steps": 200, "seed": seed}
+        res["truncated"] = [{"rank": 1, "clean_acc": 0.85, "robust_acc": 0.28, "energy_share": 0.32}]
+        res["principle_holds_fraction"], res["spectrum"]["relative_size"] = 0.1, 1.0
+    b["run"]["adversarial"]["robust_acc"] = 0.95
+    b["trained"][1]["fgm_acc"] = 0.40  # seed 1: the reversing training no longer leaks (FGM below clean)
+    b["trained"][0]["robust_acc"] = 0.50  # ... and one training ends above the clean network's PGD (0.37)
+    g = experiments.lowrank_seed_glue([a, b], "A")
+    assert (g["lrs_A_n"], g["lrs_A_seeds"], g["lrs_A_trainings"], g["lrs_A_diverged"]) == (2, "0, 1", 6, 2)
+    assert (g["lrs_A_leak_min"], g["lrs_A_leak_max"], g["lrs_A_leak_list"]) == (1, 2, "2, 1")
+    assert g["lrs_A_leak_of"] == "3 of the 6" and g["lrs_A_below_all_of"] == "1 of the 2"
+    assert (g["lrs_A_leak_every_seed"], g["lrs_A_leak_any_seed"]) == (1, 2)  # the amplifying one leaks at both
+    assert (g["lrs_A_full_min"], g["lrs_A_full_max"], g["lrs_A_best_max"]) == (0.95, 0.99, 0.50)
+    assert g["lrs_A_gap_min"] == pytest.approx(0.95 - 0.50)
+    # leaking: seed 0 the reversing (by its onset) and the amplifying one, seed 1 the amplifying one only
+    assert g["lrs_A_rev_by_onset_of"] == "1 of the 3" and g["lrs_A_rev_before_onset"] == 1
+    assert g["lrs_A_leak_kept_max"] == 1.6 and (g["lrs_A_onset_min"], g["lrs_A_onset_max"]) == (100, 200)
+    # not leaking: seed 0's holding training (kept 0.15), seed 1's holding one and the reversed one (kept -0.8)
+    assert (g["lrs_A_held_kept_min"], g["lrs_A_held_kept_max"]) == (-0.8, 0.15)
+    assert (g["lrs_A_share_min"], g["lrs_A_cos_min"]) == (0.80, 0.97)
+    rows = experiments.lowrank_seed_rows([a, b])
+    assert len(rows[0]) == len(experiments.LOWRANK_SEED_HEADER)
+    assert rows[0] == [0, "0.370", "0.990", "0.880 / 0.200", "3 of 3", "2 of 3", "1 of 2", "0.15-0.15"]
+    assert rows[1][3:] == ["0.880 / 0.500", "2 of 3", "1 of 3", "0 of 1", "0.15-0.80"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces results/lowrank/*.json: the low-rank question of the chapter "Adversarial training and purification"
+# Reproduces results/lowrank/*.json and results/lowrank/seeds/*.json: the low-rank question of the chapter "Adversarial training and purification"
 # (section "Low-rank adversarial training") asked with other optimisers and learning rates, in regime A (the
 # chapter's run) and regime G (robust, with the principle holding for about half of the neurons): for each, the
 # run itself (the same weights as results/regimes/<regime>.json), the truncations of its full update, and
@@ -18,3 +18,10 @@ PYTHON=${PYTHON:-python}
 # control for the step budget: regime A with G's number of FGM steps (40,000 instead of 4,000), about 45 minutes
 "$PYTHON" -m fp_helpers run lowrank --profile full --set adv_steps=40000 --set log_every=2000 --skip-current \
   --out results/lowrank/Along_beta0_init01_40k.json
+# regime A at two more seeds (each draws its own dictionary, held-out points, initialisation and samples; the
+# chapter reads them with experiments.regime_seeds), about 5 minutes each
+mkdir -p results/lowrank/seeds
+for seed in 1 2; do
+  "$PYTHON" -m fp_helpers run lowrank --profile full --seed "$seed" --skip-current \
+    --out "results/lowrank/seeds/A_beta0_init01_seed$seed.json"
+done
