@@ -777,7 +777,8 @@ def lowrank_study_glue(study: dict, cfg: SyntheticConfig) -> dict:
     rank-r training's learning rate): the full update's spectrum (top direction's ``|cos|`` with ``u``, the top share,
     relative size, share at the largest truncation) and where it points (share along ``u``, coefficient kept); the
     smallest and largest truncation's accuracies; the best trained rank by PGD accuracy with its accuracies; over the
-    trained ranks, the smallest share along ``u``, the range of the coefficient kept and the largest norm ratio."""
+    trained ranks (``at_lr_trained_ranks``), the smallest share along ``u``, the range of the coefficient kept, the
+    largest norm ratio, and the range of clean and PGD accuracy (``at_lr_trained_{clean,robust}_{min,max}``)."""
     spec, tr, trained = study["spectrum"], study["truncated"], study["trained"]
     r1, r_big = min(tr), max(tr)
     out = {"at_lr_cos_top_u": study["cos_top_u"], "at_lr_share1": spec.share(1), "at_lr_rel": spec.relative_size,
@@ -793,7 +794,12 @@ def lowrank_study_glue(study: dict, cfg: SyntheticConfig) -> dict:
                     "at_lr_trained_ushare_min": min(t["u_share"] for t in trained.values()),
                     "at_lr_trained_kept_min": min(t["u_kept"] for t in trained.values()),
                     "at_lr_trained_kept_max": max(t["u_kept"] for t in trained.values()),
-                    "at_lr_trained_keptnorm_max": max(t["u_kept_norm"] for t in trained.values())})
+                    "at_lr_trained_keptnorm_max": max(t["u_kept_norm"] for t in trained.values()),
+                    "at_lr_trained_clean_min": min(t["clean_acc"] for t in trained.values()),
+                    "at_lr_trained_clean_max": max(t["clean_acc"] for t in trained.values()),
+                    "at_lr_trained_robust_min": min(t["robust_acc"] for t in trained.values()),
+                    "at_lr_trained_robust_max": max(t["robust_acc"] for t in trained.values()),
+                    "at_lr_trained_ranks": ", ".join(str(r) for r in sorted(trained))})
     return out
 
 
@@ -988,7 +994,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
     (``sgd_*``, ``adam_*``) and of each rank (``r1_*``, ...), their number, the range of their update's share along ``u``, the smallest
     ``|cos(top, u)|``, the range of the projection kept (``kept``, signed: negative = reversed; ``keptnorm``, the
     ratio of norms; ``pcos``, the cosine between ``W u`` and ``W_clean u`` over the neurons), how many reverse it
-    (and do not: ``not_reversed``), the update's norm off ``u`` relative to the clean weights' (``offu``) and the
+    at the end (and do not: ``not_reversed``; at any logged step of the curve: ``ever_reversed_of``), the update's norm off ``u`` relative to the clean weights' (``offu``) and the
     clean accuracy; for the
     leaking ones, the range of :func:`leak_onset` and how many have reversed the projection by the first logged step
     at which they leak (``rev_by_onset``; strictly before it: ``rev_before_onset``)."""
@@ -1006,6 +1012,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
             if not group:
                 continue
             rev = sum(t["u_kept"] < 0 for t in group)
+            ever = sum(t["u_kept"] < 0 or any(r["u_kept"] < 0 for r in t.get("curve", [])) for t in group)
             out.update({f"lrd_{L}_{name}_share_min": min(t["u_share"] for t in group),
                         f"lrd_{L}_{name}_share_max": max(t["u_share"] for t in group),
                         f"lrd_{L}_{name}_cos_min": min(t["cos_top_u"] for t in group),
@@ -1015,6 +1022,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
                         f"lrd_{L}_{name}_keptnorm_max": max(t["u_kept_norm"] for t in group),
                         f"lrd_{L}_{name}_reversed": rev, f"lrd_{L}_{name}_reversed_of": count_words(rev, len(group)),
                         f"lrd_{L}_{name}_not_reversed": len(group) - rev,
+                        f"lrd_{L}_{name}_ever_reversed_of": count_words(ever, len(group)),
                         f"lrd_{L}_{name}_pcos_min": min(_pattern_cos(t) for t in group),
                         f"lrd_{L}_{name}_pcos_max": max(_pattern_cos(t) for t in group),
                         f"lrd_{L}_{name}_offu_min": min(_off_u(t) for t in group),
@@ -1221,7 +1229,8 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
     every training of every seed, the smallest share of its update along ``u`` and ``|cos(top, u)|``
     (``share_min``, ``cos_min``), how many leak and how many of those had the projection on ``u`` negative by the
     first logged step at which they leak (``rev_by_onset_of``; strictly before: ``rev_before_onset``), how many
-    (optimiser, rate, rank) settings leak at every seed and at any (``leak_every_seed``, ``leak_any_seed``), the range of
+    (optimiser, rate, rank) settings leak at every seed and at any (``leak_every_seed``, ``leak_any_seed``; the first
+    as text, ``leak_every_seed_list``), the range of
     the projection's coefficient and norm kept by the trainings that do not leak (``held_kept_*``,
     ``held_keptnorm_*``) and the largest coefficient of those that leak (``leak_kept_max``)."""
     units = _lowrank_seed_units(runs)
@@ -1239,7 +1248,14 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
            f"{L}_full_min": min(g["lrg_X_full_robust"] for g in units),
            f"{L}_full_max": max(g["lrg_X_full_robust"] for g in units)}
     leakers = [{(t["optimiser"], t["lr"], t["rank"]) for t in res["trained"] if leaks(t)} for res in runs]
-    out.update({f"{L}_leak_every_seed": len(set.intersection(*leakers)), f"{L}_leak_any_seed": len(set.union(*leakers))})
+    every = set.intersection(*leakers)
+    by_setting: dict = {}
+    for o, lr, r in sorted(every):
+        by_setting.setdefault((o, lr), []).append(r)
+    out.update({f"{L}_leak_every_seed": len(every), f"{L}_leak_any_seed": len(set.union(*leakers)),
+                f"{L}_leak_every_seed_list": "; ".join(
+                    f"{optimiser_name(o)} at {lr:g}, rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}"
+                    for (o, lr), rs in sorted(by_setting.items(), key=lambda kv: (kv[0][0] != "sgd", kv[0][1])))})
     with_best = [g for g in units if "lrg_X_best_robust" in g]
     if with_best:
         out.update({f"{L}_best_max": max(g["lrg_X_best_robust"] for g in with_best),
@@ -1260,4 +1276,103 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
                     f"{L}_held_kept_max": max(g["lrd_X_held_kept_max"] for g in held),
                     f"{L}_held_keptnorm_min": min(g["lrd_X_held_keptnorm_min"] for g in held),
                     f"{L}_held_keptnorm_max": max(g["lrd_X_held_keptnorm_max"] for g in held)})
+    return out
+
+
+def attack_check_results(folder) -> dict[str, dict]:
+    """The ``run attack-check`` results of ``folder`` (``results/attacks``) as ``{regime letter: result}``, read as
+    :func:`lowrank_grid_results` reads ``results/lowrank`` (stale ones warn together; a file of another experiment
+    or two files of one letter raise ``ValueError``)."""
+    from pathlib import Path
+
+    files = sorted(Path(folder).glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no run attack-check results (*.json) in {folder}; make them with results/attacks/run.sh")
+    out: dict[str, dict] = {}
+    for f, r in zip(files, _load_regime_files(folder, files)):
+        letter = f.stem.split("_")[0]
+        if (r.get("provenance") or {}).get("experiment") != "attack-check":
+            raise ValueError(f"{f} is not a run attack-check result (provenance.experiment is "
+                             f"{(r.get('provenance') or {}).get('experiment')!r})")
+        if letter in out:
+            raise ValueError(f"two results for regime {letter} in {folder}: rename one ({f.name})")
+        out[letter] = r
+    return out
+
+
+def _tau_index(res: dict) -> int:
+    tau = res["config"]["tau"]
+    return min(range(len(res["radii"])), key=lambda i: abs(res["radii"][i] - tau))
+
+
+def attack_check_rows(results: dict[str, dict]) -> tuple[list[str], list[list], list[str], list[list]]:
+    """Two tables of ``{letter: run attack-check result}``: accuracy at ``tau`` under every attack (one row per
+    attack, two columns per regime: clean and adversarial network), and under every attack at once at every
+    radius (one row per radius). Returns ``(header, rows, radius_header, radius_rows)``."""
+    letters = sorted(results)
+    first = results[letters[0]]
+    header = ["attack at tau"] + [f"{L}: {net}" for L in letters for net in ("clean net", "adversarial")]
+    rows = [[name] + [f"{results[L]['curves'][key][name][_tau_index(results[L])]:.3f}"
+                      for L in letters for key in ("clean", "adversarial")] for name in first["attacks"]]
+    radius_header = ["radius"] + [f"{L}: {net}" for L in letters for net in ("clean net", "adversarial")]
+    radius_rows = [[f"{r:g}"] + [f"{results[L]['curves'][key]['every attack'][i]:.3f}"
+                                 for L in letters for key in ("clean", "adversarial")]
+                   for i, r in enumerate(first["radii"])]
+    return header, rows, radius_header, radius_rows
+
+
+def attack_check_glue(results: dict[str, dict], regimes: dict[str, dict] | None = None) -> dict:
+    """What the attack check says (``ac_<letter>_<what>``, per regime and network ``clean`` / ``adv``): accuracy at
+    ``tau`` under every attack at once (``every``), under the book's PGD (``pgd``, the config's evaluation attack)
+    and the difference (``gap``), the lowest of the gradient-free attacks (``free``: dense direction and the atom
+    attacks) and the transfer attack (``transfer``); the most points at ``tau`` that one attack alone breaks
+    (``only_max``); whether accuracy under every attack at once never rises with the radius (``monotone``, both
+    networks; ``ac_monotone_words``, as a clause over the regimes) and how many (network, radius) pairs have a longer PGD with more restarts give a higher accuracy
+    than a shorter one (``pgd_rises``); over the radii, the largest excess of the book's PGD over every attack at once
+    (``maxgap``), its radius, both accuracies there and the strongest single attack there with its accuracy
+    (``maxgap_r``, ``maxgap_pgd``, ``maxgap_every``, ``maxgap_attack``, ``maxgap_attack_acc``), and both at the
+    largest radius (``rmax_pgd``, ``rmax_every``; ``ac_rmax``); with ``regimes`` (``{letter: run synthetic result}``), whether the networks
+    are the regime's (``same_run``: the same config, and clean and PGD accuracy of both networks; ``ac_same_runs``, as
+    a sentence)."""
+    out = {}
+    for L, res in sorted(results.items()):
+        i, cfg = _tau_index(res), res["config"]
+        pgd_name = f"PGD-{cfg['pgd_steps']} x{cfg['pgd_restarts']}"
+        free = [n for n in res["attacks"] if n == "dense direction" or n.startswith("atoms")]
+        pgds = [n for n in res["attacks"] if n.startswith("PGD-")]
+        rises = 0
+        for key, short in (("clean", "clean"), ("adversarial", "adv")):
+            c = res["curves"][key]
+            out.update({f"ac_{L}_{short}_every": c["every attack"][i], f"ac_{L}_{short}_pgd": c[pgd_name][i],
+                        f"ac_{L}_{short}_gap": c[pgd_name][i] - c["every attack"][i],
+                        f"ac_{L}_{short}_free": min(c[n][i] for n in free),
+                        f"ac_{L}_{short}_transfer": next(c[n][i] for n in res["attacks"] if n.startswith("transfer")),
+                        f"ac_{L}_{short}_only_max": max(res["only_at_tau"][key].values())})
+            j = max(range(len(res["radii"])), key=lambda j: (c[pgd_name][j] - c["every attack"][j], -j))
+            singles = [n for n in res["attacks"] if n != "every attack"]
+            out.update({f"ac_{L}_{short}_maxgap": c[pgd_name][j] - c["every attack"][j],
+                        f"ac_{L}_{short}_maxgap_r": res["radii"][j], f"ac_{L}_{short}_maxgap_pgd": c[pgd_name][j],
+                        f"ac_{L}_{short}_maxgap_every": c["every attack"][j],
+                        f"ac_{L}_{short}_maxgap_attack": min(singles, key=lambda n: c[n][j]),
+                        f"ac_{L}_{short}_maxgap_attack_acc": min(c[n][j] for n in singles),
+                        f"ac_{L}_{short}_rmax_pgd": c[pgd_name][-1], f"ac_{L}_{short}_rmax_every": c["every attack"][-1]})
+            rises += sum(c[b][j] > c[a][j] + 1e-12 for a, b in zip(pgds, pgds[1:]) for j in range(len(res["radii"])))
+        out[f"ac_{L}_monotone"] = all(b <= a + 1e-12 for key in ("clean", "adversarial")
+                                      for a, b in zip(res["curves"][key]["every attack"], res["curves"][key]["every attack"][1:]))
+        out[f"ac_{L}_pgd_rises"] = rises
+        out[f"ac_{L}_n"] = res["n_points"]
+        if regimes is not None and L in regimes:
+            reg = regimes[L]
+            out[f"ac_{L}_same_run"] = res["config"] == reg["config"] and all(
+                res["run"][k][m] == reg[k][m] for k in ("clean", "adversarial") for m in ("clean_acc", "robust_acc"))
+    out["ac_letters"] = ", ".join(sorted(results))
+    out["ac_rmax"] = results[min(results)]["radii"][-1]
+    rising = [L for L in sorted(results) if not out[f"ac_{L}_monotone"]]
+    out["ac_monotone_words"] = (f"it never rises, for either network of {', '.join(sorted(results))}" if not rising else
+                                f"it rises somewhere in {', '.join(rising)}")
+    if regimes is not None:
+        same = [L for L in sorted(results) if out.get(f"ac_{L}_same_run")]
+        other = [L for L in sorted(results) if L in regimes and L not in same]
+        out["ac_same_runs"] = (f"identical in every regime ({', '.join(same)})" if not other else
+                               f"identical in {', '.join(same) or 'none'}; different in {', '.join(other)}")
     return out

@@ -460,12 +460,14 @@ def dual_float64_check(model, x: torch.Tensor, block: int = 1024) -> dict:
             "median_abs_f": f64.abs().median().item(), "n": int(x.shape[0])}
 
 
-def attack_strength_check(result: dict, names, steps: int = 100, restarts: int = 10, seed: int = 0) -> dict:
+def attack_strength_check(result: dict, names, steps: int = 100, restarts: int = 10, seed: int = 0,
+                          u: torch.Tensor | None = None) -> dict:
     """Attack the models ``names`` of a ``keep_models=True`` result again at ``tau``, on the same held-out
     points, with a stronger PGD (``steps`` steps, ``restarts`` restarts, the same norm):
     ``{name: {"run": the result's PGD accuracy, "strong": the stronger attack's}}`` and ``"spec"``, the
-    stronger attack's description. A stronger attack that finds no lower accuracy says the run's attack was
-    enough for these models."""
+    stronger attack's description; with ``u`` (the dense direction) also ``"dense"``, the accuracy under the
+    dense-direction attack, which needs no gradient of the model. A stronger attack that finds no lower
+    accuracy says the run's attack was enough for these models."""
     for name, v in (("steps", steps), ("restarts", restarts)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -480,6 +482,9 @@ def attack_strength_check(result: dict, names, steps: int = 100, restarts: int =
         g = torch.Generator(device=x.device).manual_seed(seed)
         out[name] = {"run": result[name]["robust_acc"],
                      "strong": robust_accuracy(result["_models"][name], x, y, result["tau"], spec, generator=g)}
+        if u is not None:
+            out[name]["dense"] = robust_accuracy(result["_models"][name], x, y, result["tau"],
+                                                 AttackSpec("dense", result["norm"]), u=u.to(x.device))
     return out
 
 

@@ -248,3 +248,56 @@ def test_attack_check_is_the_runs_network_and_its_union_is_the_strongest(quick_r
     i = res["radii"].index(cfg.tau)
     assert res["curves"]["clean"]["every attack"][i] < res["curves"]["adversarial"]["every attack"][i] - 0.2
     assert set(res["only_at_tau"]["adversarial"]) == set(res["attacks"]) - {"every attack"}
+
+
+def _fake_attack_check():
+    names = ["FGM", "dense direction", "atoms, all active", "PGD-20", "PGD-20 x3", "PGD-100 x6",
+             "transfer: PGD-100 x6 of the other network", "every attack"]
+    clean = {"FGM": [1, .40, .10], "dense direction": [1, .39, .10], "atoms, all active": [1, 1, .9],
+             "PGD-20": [1, .37, .05], "PGD-20 x3": [1, .36, .06], "PGD-100 x6": [1, .36, .05],
+             "transfer: PGD-100 x6 of the other network": [1, .8, .5], "every attack": [1, .35, .05]}
+    adv = {n: [1, .99, .5] for n in names}
+    adv.update({"atoms, all active": [1, .98, .45], "every attack": [1, .97, .45]})
+    return {"radii": [0.0, 0.15, 0.3], "attacks": names, "curves": {"clean": clean, "adversarial": adv},
+            "only_at_tau": {"clean": {n: 0 for n in names[:-1]}, "adversarial": {**{n: 0 for n in names[:-1]}, "atoms, all active": 20}},
+            "n_points": 2000, "config": {"tau": 0.15, "pgd_steps": 20, "pgd_restarts": 3, "seed": 0},
+            "run": {"clean": {"clean_acc": 1.0, "robust_acc": 0.36}, "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}}}
+
+
+def test_attack_check_glue_and_tables_read_the_union_the_gap_and_the_sanity_checks():
+    from fp_helpers import experiments
+
+    res = _fake_attack_check()
+    reg = {"config": dict(res["config"]), "clean": {"clean_acc": 1.0, "robust_acc": 0.36},
+           "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}}
+    g = experiments.attack_check_glue({"G": res}, regimes={"G": reg})
+    assert (g["ac_G_adv_every"], g["ac_G_adv_pgd"], g["ac_G_adv_free"]) == (0.97, 0.99, 0.98)
+    assert g["ac_G_adv_gap"] == pytest.approx(0.02) and g["ac_G_adv_only_max"] == 20
+    assert (g["ac_G_clean_pgd"], g["ac_G_clean_transfer"], g["ac_G_clean_free"]) == (0.36, 0.8, 0.39)
+    # clean net: PGD-20 x3 (0.06) above PGD-20 (0.05) at 0.3 -> one rise; the union falls with the radius
+    assert g["ac_G_pgd_rises"] == 1 and g["ac_G_monotone"] is True and g["ac_G_same_run"] is True
+    # beyond tau the union is 0.05 below the book's PGD (0.5) on the adversarial net, at 0.3, by the atom attack
+    assert g["ac_G_adv_maxgap"] == pytest.approx(0.05) and g["ac_G_adv_maxgap_r"] == 0.3
+    assert (g["ac_G_adv_maxgap_attack"], g["ac_G_adv_maxgap_attack_acc"]) == ("atoms, all active", 0.45)
+    assert (g["ac_G_adv_rmax_pgd"], g["ac_G_adv_rmax_every"], g["ac_rmax"]) == (0.5, 0.45, 0.3)
+    res["curves"]["adversarial"]["every attack"] = [1, .97, .98]
+    reg["adversarial"]["robust_acc"] = 0.98
+    g = experiments.attack_check_glue({"G": res}, regimes={"G": reg})
+    assert g["ac_G_monotone"] is False and g["ac_G_same_run"] is False
+    assert g["ac_same_runs"] == "identical in none; different in G"
+    assert g["ac_monotone_words"] == "it rises somewhere in G"
+    header, rows, rheader, rrows = experiments.attack_check_rows({"G": res})
+    assert header == ["attack at tau", "G: clean net", "G: adversarial"] and len(rows) == len(res["attacks"])
+    assert rows[-1] == ["every attack", "0.350", "0.970"] and rrows[2] == ["0.3", "0.050", "0.980"]
+
+
+def test_attack_check_results_rejects_other_experiments(tmp_path):
+    import json
+
+    from fp_helpers import experiments
+
+    with pytest.raises(FileNotFoundError, match="results/attacks/run.sh"):
+        experiments.attack_check_results(tmp_path)
+    (tmp_path / "A_x.json").write_text(json.dumps({"provenance": {"experiment": "lowrank"}, "config": {}}))
+    with pytest.raises(ValueError, match="not a run attack-check result"):
+        experiments.attack_check_results(tmp_path)

@@ -383,7 +383,12 @@ def test_attack_strength_orders_the_attacks():
     r = out["rows"][0]
     assert out["n"] == 48 and r["clean"] == 1.0
     assert r["worst"] <= min(r["fgsm"], r["pgd_run"], r["strong"]) and r["pgd_run"] <= r["fgsm"]
-    assert out["ordered"] and out["max_gap"] == pytest.approx(r["pgd_run"] - r["worst"])
+    assert out["max_gap"] == pytest.approx(r["pgd_run"] - r["worst"])
+    assert out["ordered"] == (r["fgsm"] >= r["pgd_run"] and r["strong"] <= r["pgd_run"])
+    # paired counts: the accuracies differ by exactly the images one attack breaks and the other does not
+    assert (r["pgd_run"] - r["strong"]) * 48 == pytest.approx(r["strong_only"] - r["run_only"])
+    assert r["extra"] == round((r["pgd_run"] - r["worst"]) * 48) and out["max_extra"] == r["extra"]
+    assert ("every image" in out["verdict"]) == (r["extra"] == 0)
     assert r["se_pgd_run"] == pytest.approx(standard_error(r["pgd_run"], 48))
     assert standard_error(0.5, 100) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="positive int"):

@@ -450,6 +450,9 @@ def test_attack_strength_check_reaches_the_exact_worst_case_of_a_linear_model(da
     assert out["spec"] == "PGD-10 x2 restarts, l2, eps=0.3" and out["linear_best"]["run"] == 0.0
     assert out["linear_best"]["strong"] == pytest.approx(
         bl.linear_exact_robust_accuracy(res["_models"]["linear_best"], x, y, 0.3))
+    # the dense direction is the best linear classifier's worst case too: the same exact accuracy, no gradient
+    dense = lbm.attack_strength_check(res, ["linear_best"], steps=10, restarts=2, u=dist.u)["linear_best"]["dense"]
+    assert dense == pytest.approx(bl.linear_exact_robust_accuracy(res["_models"]["linear_best"], x, y, 0.3))
     with pytest.raises(ValueError, match="no model 'ntk'"):
         lbm.attack_strength_check(res, ["ntk"])
     with pytest.raises(ValueError, match="restarts"):

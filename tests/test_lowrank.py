@@ -323,6 +323,7 @@ def test_leak_onset_and_direction_glue_tell_holding_from_leaking_trainings():
     assert (g["lrd_A_adam_kept_min"], g["lrd_A_sgd_kept_max"]) == (-0.8, 0.15)
     assert g["lrd_A_rev_before_onset"] == 1  # the reversing training: negative at step 100, leaking at 200
     assert g["lrd_A_leak_pcos_min"] == -1.0 and g["lrd_A_leak_not_reversed"] == 1
+    assert g["lrd_A_all_ever_reversed_of"] == "1 of the 3" and g["lrd_A_held_ever_reversed_of"] == "none of the 1"
     assert g["lrd_A_held_offu_max"] == pytest.approx(1.0 * (1 - 0.999) ** 0.5)
     assert (g["lrd_A_adam_clean_min"], g["lrd_A_adam_clean_max"]) == (0.50, 0.55)
     assert g["lrd_A_r1"] == 2 and g["lrd_A_r4"] == 1 and g["lrd_A_r4_share_max"] == 0.80  # the diverged one not counted
@@ -389,6 +390,7 @@ def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
     assert (g["lrs_A_leak_min"], g["lrs_A_leak_max"], g["lrs_A_leak_list"]) == (1, 2, "2, 1")
     assert g["lrs_A_leak_of"] == "3 of the 6" and g["lrs_A_below_all_of"] == "1 of the 2"
     assert (g["lrs_A_leak_every_seed"], g["lrs_A_leak_any_seed"]) == (1, 2)  # the amplifying one leaks at both
+    assert g["lrs_A_leak_every_seed_list"] == "Adam at 0.01, rank 4"
     assert (g["lrs_A_full_min"], g["lrs_A_full_max"], g["lrs_A_best_max"]) == (0.95, 0.99, 0.50)
     assert g["lrs_A_gap_min"] == pytest.approx(0.95 - 0.50)
     # leaking: seed 0 the reversing (by its onset) and the amplifying one, seed 1 the amplifying one only

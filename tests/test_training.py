@@ -37,11 +37,23 @@ def test_same_seed_gives_bit_identical_metrics_and_another_seed_differs():
     assert a["clean"] != c["clean"]
 
 
-def test_fixed_training_set_mode_runs():
-    cfg = experiments.synthetic_config("quick", ["clean_steps=200", "adv_steps=50", "train_size=500", "d=50",
-                                                  "m=30", "eval_n=100"])
-    r = experiments.run_synthetic(cfg, device="cpu", progress=False)
-    assert r.metrics["clean"]["clean_acc"] > 0.5
+def test_fixed_training_set_mode_trains_on_the_first_draw_only():
+    from fp_helpers.attacks import accuracy
+    from fp_helpers.networks import NetConfig, TwoLayerNet
+    from fp_helpers.sparse_coding import SparseCoding, SparseCodingConfig
+    from fp_helpers.training import TrainConfig, train
+
+    dist = SparseCoding(SparseCodingConfig(d=50, k=3), seed=0)
+    cfg = TrainConfig(steps=300, batch=16, lr=2.0, train_size=40, log_every=300)
+    nets = [TwoLayerNet(50, NetConfig(m=30), generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    g = torch.Generator().manual_seed(2)
+    train(nets[0], dist, cfg, g, progress=False)
+    g2 = torch.Generator().manual_seed(2)
+    X, Y = dist.sample(40, g2)  # the set train_size=40 draws: training on it given as data is the same training
+    train(nets[1], dist, dataclasses.replace(cfg, train_size=0), g2, progress=False, data=(X, Y))
+    assert torch.equal(nets[0].weight, nets[1].weight)
+    assert torch.equal(g.get_state(), g2.get_state())  # and nothing else was drawn in either
+    assert accuracy(nets[0], X, Y) == 1.0  # 300 steps on 40 points: the set is fitted
 
 
 @pytest.mark.parametrize("overrides, msg", [
