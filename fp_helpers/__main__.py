@@ -112,6 +112,21 @@ def _check(paths: list[str]) -> int:
     return 1 if bad else 0
 
 
+def _run_on_synthetic_config(experiment: str, fn, profile: str, args, argv: list[str]):
+    """``run lowrank`` and ``run attack-check``: a synthetic run's config from the command line, then ``fn`` on it,
+    stamped with the command and written to ``--out``. Returns ``(result, cfg)``; ``(None, cfg)`` when
+    ``--skip-current`` found the result already there."""
+    from .experiments import synthetic_config
+
+    cfg = synthetic_config(profile, args.overrides, seed=args.seed)  # validates before any work
+    if _is_current(args, cfg):
+        return None, cfg
+    result = fn(cfg, device=args.device, progress=args.progress, profile=profile, checkpoint_dir=args.checkpoint_dir)
+    _stamp_command(result, experiment, profile, args, argv)
+    write_json_atomic(args.out, result)
+    return result, cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -142,15 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"PGD {m['clean']['robust_acc']:.3f} | adversarial net: acc "
                       f"{m['adversarial']['clean_acc']:.3f}, PGD {m['adversarial']['robust_acc']:.3f}")
             elif args.experiment == "lowrank":
-                from .experiments import run_lowrank, synthetic_config
+                from .experiments import run_lowrank
 
-                cfg = synthetic_config(profile, args.overrides, seed=args.seed)
-                if _is_current(args, cfg):
+                result, cfg = _run_on_synthetic_config("lowrank", run_lowrank, profile, args, argv)
+                if result is None:
                     return 0
-                result = run_lowrank(cfg, device=args.device, progress=args.progress, profile=profile,
-                                     checkpoint_dir=args.checkpoint_dir)
-                _stamp_command(result, "lowrank", profile, args, argv)
-                write_json_atomic(args.out, result)
                 best = max((t for t in result["trained"] if not t["diverged"]), key=lambda t: t["robust_acc"],
                            default=None)
                 print(f"wrote {args.out} in {result['seconds']:.1f}s | full update: PGD "
@@ -158,15 +169,11 @@ def main(argv: list[str] | None = None) -> int:
                       + (f"rank {best['rank']} {best['optimiser']} lr {best['lr']:g}: clean {best['clean_acc']:.3f}, "
                          f"PGD {best['robust_acc']:.3f}" if best else "all diverged"))
             elif args.experiment == "attack-check":
-                from .experiments import run_attack_check, synthetic_config
+                from .experiments import run_attack_check
 
-                cfg = synthetic_config(profile, args.overrides, seed=args.seed)
-                if _is_current(args, cfg):
+                result, cfg = _run_on_synthetic_config("attack-check", run_attack_check, profile, args, argv)
+                if result is None:
                     return 0
-                result = run_attack_check(cfg, device=args.device, progress=args.progress, profile=profile,
-                                          checkpoint_dir=args.checkpoint_dir)
-                _stamp_command(result, "attack-check", profile, args, argv)
-                write_json_atomic(args.out, result)
                 i = result["radii"].index(min(result["radii"], key=lambda r: abs(r - cfg.tau)))
                 print(f"wrote {args.out} in {result['seconds']:.1f}s | at tau={cfg.tau:g}, every attack at once: "
                       + ", ".join(f"{k} net {result['curves'][k]['every attack'][i]:.3f}" for k in ("clean", "adversarial")))

@@ -925,25 +925,32 @@ def run_lowrank(cfg: SyntheticConfig, device=None, progress=None, profile: str |
     return out
 
 
-def lowrank_grid_results(folder) -> dict[str, dict]:
-    """The ``run lowrank`` results of ``folder`` (``results/lowrank``) as ``{regime letter: result}``, the letter
-    being the file name's first part (``A_beta0_init01.json`` -> ``"A"``); stale ones warn together, as
-    :func:`regime_seeds` does. A file of another experiment, or two files of one letter, raise ``ValueError``."""
+def _results_by_letter(folder, experiment: str, script: str) -> dict[str, dict]:
+    """The ``run <experiment>`` results of ``folder`` as ``{regime letter: result}``, the letter being the file
+    name's first part (``A_beta0_init01.json`` -> ``"A"``); stale ones warn together, as :func:`regime_seeds` does.
+    No file raises ``FileNotFoundError`` naming ``script``, which makes them; a file of another experiment, or two files of one
+    letter, raise ``ValueError``."""
     from pathlib import Path
 
     files = sorted(Path(folder).glob("*.json"))
     if not files:
-        raise FileNotFoundError(f"no run lowrank results (*.json) in {folder}; make them with results/lowrank/run.sh")
+        raise FileNotFoundError(f"no run {experiment} results (*.json) in {folder}; make them with {script}")
     out: dict[str, dict] = {}
     for f, r in zip(files, _load_regime_files(folder, files)):
         letter = f.stem.split("_")[0]
-        if (r.get("provenance") or {}).get("experiment") != "lowrank":
-            raise ValueError(f"{f} is not a run lowrank result (provenance.experiment is "
+        if (r.get("provenance") or {}).get("experiment") != experiment:
+            raise ValueError(f"{f} is not a run {experiment} result (provenance.experiment is "
                              f"{(r.get('provenance') or {}).get('experiment')!r})")
         if letter in out:
             raise ValueError(f"two results for regime {letter} in {folder}: rename one ({f.name})")
         out[letter] = r
     return out
+
+
+def lowrank_grid_results(folder) -> dict[str, dict]:
+    """The ``run lowrank`` results of ``folder`` (``results/lowrank``) as ``{regime letter: result}``
+    (:func:`_results_by_letter`)."""
+    return _results_by_letter(folder, "lowrank", "results/lowrank/run.sh")
 
 
 def grid_settings(res: dict) -> list[tuple[str, float]]:
@@ -1280,24 +1287,9 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
 
 
 def attack_check_results(folder) -> dict[str, dict]:
-    """The ``run attack-check`` results of ``folder`` (``results/attacks``) as ``{regime letter: result}``, read as
-    :func:`lowrank_grid_results` reads ``results/lowrank`` (stale ones warn together; a file of another experiment
-    or two files of one letter raise ``ValueError``)."""
-    from pathlib import Path
-
-    files = sorted(Path(folder).glob("*.json"))
-    if not files:
-        raise FileNotFoundError(f"no run attack-check results (*.json) in {folder}; make them with results/attacks/run.sh")
-    out: dict[str, dict] = {}
-    for f, r in zip(files, _load_regime_files(folder, files)):
-        letter = f.stem.split("_")[0]
-        if (r.get("provenance") or {}).get("experiment") != "attack-check":
-            raise ValueError(f"{f} is not a run attack-check result (provenance.experiment is "
-                             f"{(r.get('provenance') or {}).get('experiment')!r})")
-        if letter in out:
-            raise ValueError(f"two results for regime {letter} in {folder}: rename one ({f.name})")
-        out[letter] = r
-    return out
+    """The ``run attack-check`` results of ``folder`` (``results/attacks``) as ``{regime letter: result}``
+    (:func:`_results_by_letter`)."""
+    return _results_by_letter(folder, "attack-check", "results/attacks/run.sh")
 
 
 def _tau_index(res: dict) -> int:

@@ -18,10 +18,16 @@ PYTHON=${PYTHON:-python}
 # control for the step budget: regime A with G's number of FGM steps (40,000 instead of 4,000), about 45 minutes
 "$PYTHON" -m fp_helpers run lowrank --profile full --set adv_steps=40000 --set log_every=2000 --skip-current \
   --out results/lowrank/Along_beta0_init01_40k.json
-# regime A at two more seeds (each draws its own dictionary, held-out points, initialisation and samples; the
+# regimes A and G at two more seeds (each draws its own dictionary, held-out points, initialisation and samples; the
 # chapter reads them with experiments.regime_seeds), about 5 minutes each
 mkdir -p results/lowrank/seeds
 for seed in 1 2; do
   "$PYTHON" -m fp_helpers run lowrank --profile full --seed "$seed" --skip-current \
     --out "results/lowrank/seeds/A_beta0_init01_seed$seed.json"
+done
+# regime G at two more seeds, about 10-25 minutes each
+for seed in 1 2; do
+  "$PYTHON" -m fp_helpers run lowrank --profile full --seed "$seed" --set beta=0.15 --set init_std=0.002 \
+    --set clean_steps=20000 --set adv_steps=40000 --set adv_lr=2 --set log_every=2000 --skip-current \
+    --out "results/lowrank/seeds/G_beta015_init0002_long_seed$seed.json"
 done
