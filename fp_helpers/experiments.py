@@ -1239,7 +1239,11 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
     (optimiser, rate, rank) settings leak at every seed and at any (``leak_every_seed``, ``leak_any_seed``; the first
     as text, ``leak_every_seed_list``), the range of
     the projection's coefficient and norm kept by the trainings that do not leak (``held_kept_*``,
-    ``held_keptnorm_*``) and the largest coefficient of those that leak (``leak_kept_max``)."""
+    ``held_keptnorm_*``) and the largest coefficient of those that leak (``leak_kept_max``); how many trainings have
+    the projection reversed at any logged step (``ever_reversed_of``) and end above the clean network's PGD accuracy
+    (``above_clean_of``); by rank (the smallest and largest, ``r_lo``, ``r_hi``), the range of PGD accuracy over the
+    settings and seeds (``lo_min``, ..., ``hi_max``) and at how many seeds every setting gains from the one to the
+    other (``rises_every_seed``)."""
     units = _lowrank_seed_units(runs)
     L = f"lrs_{letter}"
     n_tr = sum(g["lrg_X_cells"] - g["lrg_X_diverged"] for g in units)
@@ -1277,6 +1281,17 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
                     f"{L}_leak_kept_max": max(g["lrd_X_leak_kept_max"] for g in leaking),
                     f"{L}_onset_min": min(g["lrd_X_onset_min"] for g in leaking if "lrd_X_onset_min" in g),
                     f"{L}_onset_max": max(g["lrd_X_onset_max"] for g in leaking if "lrd_X_onset_max" in g)})
+    ever = sum(t["u_kept"] < 0 or any(r["u_kept"] < 0 for r in t.get("curve", []))
+               for res in runs for t in res["trained"] if not t.get("diverged"))
+    below = sum(g.get("lrg_X_below_clean", 0) for g in units)
+    out.update({f"{L}_ever_reversed_of": count_words(ever, n_tr), f"{L}_above_clean_of": count_words(n_tr - below, n_tr)})
+    by_rank = [g for g in units if "lrg_X_r_lo" in g]
+    if by_rank:
+        out.update({f"{L}_r_lo": by_rank[0]["lrg_X_r_lo"], f"{L}_r_hi": by_rank[0]["lrg_X_r_hi"],
+                    f"{L}_lo_min": min(g["lrg_X_lo_min"] for g in by_rank), f"{L}_lo_max": max(g["lrg_X_lo_max"] for g in by_rank),
+                    f"{L}_hi_min": min(g["lrg_X_hi_min"] for g in by_rank), f"{L}_hi_max": max(g["lrg_X_hi_max"] for g in by_rank),
+                    f"{L}_rises_every_seed": count_words(sum(g["lrg_X_rises"] == g["lrg_X_compared"] for g in by_rank),
+                                                         len(units))})
     held = [g for g in units if g.get("lrd_X_held")]
     if held:
         out.update({f"{L}_held_kept_min": min(g["lrd_X_held_kept_min"] for g in held),

@@ -428,3 +428,35 @@ def lowrank_curves(results: Mapping[str, Mapping]):
     axes[0, -1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
+
+
+def attack_check(results: Mapping[str, Mapping], seeds: Mapping[str, Sequence[Mapping]] | None = None):
+    """One panel per regime of ``{letter: run attack-check result}``: accuracy against the radius of its clean and
+    adversarial network under the book's PGD (the config's evaluation attack, dashed), under the strongest
+    gradient-free attack at each radius (dotted) and under every attack at once (solid); ``seeds`` (``{letter:
+    [seed 0, seed 1, ...]}``): every seed's curves, thin, the first one's thick."""
+    letters = sorted(results)
+    fig, axes = plt.subplots(1, len(letters), figsize=(4.6 * len(letters), 3.4), squeeze=False, sharey=True)
+    for ax, L in zip(axes[0], letters):
+        runs = list((seeds or {}).get(L) or [results[L]])
+        for k, res in enumerate(runs):
+            cfg, radii = res["config"], res["radii"]
+            pgd_name = f"PGD-{cfg['pgd_steps']} x{cfg['pgd_restarts']}"
+            free = [n for n in res["attacks"] if n == "dense direction" or n.startswith("atoms")]
+            lw, alpha = (1.8, 1.0) if k == 0 else (0.8, 0.5)
+            for key, name in (("clean", "clean network"), ("adversarial", "adversarial")):
+                c, color = res["curves"][key], PALETTE.get(key.split()[0])
+                label = (lambda s: s) if k == 0 else (lambda s: None)
+                ax.plot(radii, c["every attack"], color=color, lw=lw, alpha=alpha, label=label(f"{name}: every attack"))
+                ax.plot(radii, c[pgd_name], color=color, lw=lw, alpha=alpha, ls="--", label=label(f"{name}: {pgd_name}"))
+                ax.plot(radii, [min(c[n][i] for n in free) for i in range(len(radii))], color=color, lw=lw,
+                        alpha=alpha, ls=":", label=label(f"{name}: best gradient-free"))
+        ax.axvline(runs[0]["config"]["tau"], color="k", ls=":", lw=1)
+        ax.text(runs[0]["config"]["tau"], 0.02, r" $\tau$", fontsize=9)
+        ax.set_title(f"regime {L}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""), fontsize=10)
+        ax.set_xlabel(r"$\ell_2$ radius $r$")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("accuracy under the attack")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -319,3 +319,20 @@ def test_cli_run_attack_check_writes_a_current_result(tmp_path, capsys):
     assert main(["check", str(out)]) == 0
     assert main(["run", "attack-check", "--profile", "quick", *tiny, "--skip-current", "--out", str(out)]) == 0
     assert "is current" in capsys.readouterr().out
+
+
+def test_attack_check_figure_draws_three_curves_per_network_and_seed():
+    import matplotlib
+
+    matplotlib.use("agg")
+    from fp_helpers import plots
+
+    a, b = _fake_attack_check(), _fake_attack_check()
+    fig = plots.attack_check({"A": a, "G": a}, seeds={"G": [a, b]})
+    left, right = fig.axes[0], fig.axes[1]
+    assert len(left.get_lines()) == 6 + 1 and len(right.get_lines()) == 12 + 1  # + the tau line
+    assert right.get_title() == "regime G (2 seeds)"
+    solid = [ln for ln in left.get_lines() if ln.get_label() == "adversarial: every attack"][0]
+    assert list(solid.get_ydata()) == a["curves"]["adversarial"]["every attack"]
+    dotted = [ln for ln in left.get_lines() if ln.get_label() == "clean network: best gradient-free"][0]
+    assert list(dotted.get_ydata()) == [1, .39, .10]  # the dense direction, then the atoms, whichever is lower

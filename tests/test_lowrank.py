@@ -391,6 +391,11 @@ def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
     assert g["lrs_A_leak_of"] == "3 of the 6" and g["lrs_A_below_all_of"] == "1 of the 2"
     assert (g["lrs_A_leak_every_seed"], g["lrs_A_leak_any_seed"]) == (1, 2)  # the amplifying one leaks at both
     assert g["lrs_A_leak_every_seed_list"] == "Adam at 0.01, rank 4"
+    # the reversing training (seed 0: -0.8 at the end; seed 1: negative from step 100) at both seeds, of 6
+    assert g["lrs_A_ever_reversed_of"] == "2 of the 6" and g["lrs_A_above_clean_of"] == "1 of the 6"
+    # by rank over the settings trained at ranks 1 and 4 (only Adam 0.01 has both, at 0.2 each; none rises)
+    assert (g["lrs_A_r_lo"], g["lrs_A_r_hi"], g["lrs_A_lo_max"], g["lrs_A_hi_min"]) == (1, 4, 0.2, 0.2)
+    assert g["lrs_A_rises_every_seed"] == "none of the 2"
     assert (g["lrs_A_full_min"], g["lrs_A_full_max"], g["lrs_A_best_max"]) == (0.95, 0.99, 0.50)
     assert g["lrs_A_gap_min"] == pytest.approx(0.95 - 0.50)
     # leaking: seed 0 the reversing (by its onset) and the amplifying one, seed 1 the amplifying one only

@@ -12,3 +12,10 @@ PYTHON=${PYTHON:-python}
 "$PYTHON" -m fp_helpers run attack-check --profile full --skip-current --out results/attacks/A_beta0_init01.json
 "$PYTHON" -m fp_helpers run attack-check --profile full --set beta=0.15 --set init_std=0.002 --set clean_steps=20000 \
   --set adv_steps=40000 --set adv_lr=2 --set log_every=2000 --skip-current --out results/attacks/G_beta015_init0002_long.json
+# regime G at two more seeds (each draws its own dictionary, held-out points, initialisation and samples)
+mkdir -p results/attacks/seeds
+for seed in 1 2; do
+  "$PYTHON" -m fp_helpers run attack-check --profile full --seed "$seed" --set beta=0.15 --set init_std=0.002 \
+    --set clean_steps=20000 --set adv_steps=40000 --set adv_lr=2 --set log_every=2000 --skip-current \
+    --out "results/attacks/seeds/G_beta015_init0002_long_seed$seed.json"
+done
