@@ -1383,3 +1383,32 @@ def attack_check_glue(results: dict[str, dict], regimes: dict[str, dict] | None 
         out["ac_same_runs"] = (f"identical in every regime ({', '.join(same)})" if not other else
                                f"identical in {', '.join(same) or 'none'}; different in {', '.join(other)}")
     return out
+
+
+def attack_check_seed_glue(runs: list[dict], letter: str) -> dict:
+    """What the replicates of one regime's ``run attack-check`` (``runs``, e.g. ``regime_seeds("results/attacks")
+    ["G"]``) say together about its adversarial network (``acs_<letter>_<what>``): the number of seeds (``n``), the
+    range over seeds of the accuracy under the book's PGD and under every attack at once at ``tau`` (``tau_pgd_*``,
+    ``tau_every_*``) and at the largest radius (``rmax_pgd_*``, ``rmax_every_*``), the largest excess of the PGD over
+    every attack at ``tau`` (``tau_gap_max``) and, over the radii, the smallest and largest of each seed's largest
+    excess (``maxgap_min``, ``maxgap_max``)."""
+    units = [attack_check_glue({"X": res}) for res in runs]
+    out = {f"acs_{letter}_n": len(units),
+           f"acs_{letter}_tau_gap_max": max(g["ac_X_adv_gap"] for g in units),
+           f"acs_{letter}_maxgap_min": min(g["ac_X_adv_maxgap"] for g in units),
+           f"acs_{letter}_maxgap_max": max(g["ac_X_adv_maxgap"] for g in units)}
+    for name, key in (("tau_pgd", "ac_X_adv_pgd"), ("tau_every", "ac_X_adv_every"), ("rmax_pgd", "ac_X_adv_rmax_pgd"),
+                      ("rmax_every", "ac_X_adv_rmax_every")):
+        out.update({f"acs_{letter}_{name}_min": min(g[key] for g in units),
+                    f"acs_{letter}_{name}_max": max(g[key] for g in units)})
+    return out
+
+
+def lowrank_seed_same_runs(lowrank_runs: list[dict], regime_runs: list[dict]) -> str:
+    """Whether each replicate of a regime's ``run lowrank`` repeats the ``run synthetic`` of the same seed
+    (:func:`lowrank_grid_glue`'s ``same_run``: the same config and accuracies), as a phrase for the chapter."""
+    by_seed = {int(r["config"]["seed"]): r for r in regime_runs}
+    same = [bool(lowrank_grid_glue({"X": r}, regimes={"X": by_seed[int(r["config"]["seed"])]}).get("lrg_X_same_run"))
+            if int(r["config"]["seed"]) in by_seed else False for r in lowrank_runs]
+    return (f"identical at all {len(same)} seeds" if all(same) else
+            f"identical at {sum(same)} of {len(same)} seeds")

@@ -336,3 +336,15 @@ def test_attack_check_figure_draws_three_curves_per_network_and_seed():
     assert list(solid.get_ydata()) == a["curves"]["adversarial"]["every attack"]
     dotted = [ln for ln in left.get_lines() if ln.get_label() == "clean network: best gradient-free"][0]
     assert list(dotted.get_ydata()) == [1, .39, .10]  # the dense direction, then the atoms, whichever is lower
+
+
+def test_attack_check_seed_glue_ranges_over_the_replicates():
+    from fp_helpers import experiments
+
+    a, b = _fake_attack_check(), _fake_attack_check()
+    b["curves"]["adversarial"]["every attack"] = [1, .99, .30]  # seed 1: PGD exact at tau, 0.2 above the union at 0.3
+    g = experiments.attack_check_seed_glue([a, b], "G")
+    assert g["acs_G_n"] == 2 and g["acs_G_tau_gap_max"] == pytest.approx(0.02)
+    assert (g["acs_G_tau_every_min"], g["acs_G_tau_every_max"]) == (0.97, 0.99)
+    assert (g["acs_G_rmax_every_min"], g["acs_G_rmax_every_max"], g["acs_G_rmax_pgd_max"]) == (0.30, 0.45, 0.5)
+    assert g["acs_G_maxgap_min"] == pytest.approx(0.05) and g["acs_G_maxgap_max"] == pytest.approx(0.2)

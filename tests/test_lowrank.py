@@ -408,3 +408,14 @@ def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
     assert len(rows[0]) == len(experiments.LOWRANK_SEED_HEADER)
     assert rows[0] == [0, "0.370", "0.990", "0.880 / 0.200", "3 of 3", "2 of 3", "1 of 2", "0.15-0.15"]
     assert rows[1][3:] == ["0.880 / 0.500", "2 of 3", "1 of 3", "0 of 1", "0.15-0.80"]
+
+
+def test_lowrank_seed_same_runs_compares_each_replicate_with_its_regime_run():
+    res = _fake_grid_result()
+    res["config"] = {"adv_steps": 4000, "seed": 0}
+    reg = {"config": dict(res["config"]), "clean": {"clean_acc": 1.0, "robust_acc": 0.37, "mixture_norm_median": 0.9},
+           "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99, "mixture_norm_median": 0.2}}
+    assert experiments.lowrank_seed_same_runs([res], [reg]) == "identical at all 1 seeds"
+    other = {**reg, "adversarial": {**reg["adversarial"], "robust_acc": 0.98}}
+    assert experiments.lowrank_seed_same_runs([res], [other]) == "identical at 0 of 1 seeds"
+    assert experiments.lowrank_seed_same_runs([res], []) == "identical at 0 of 1 seeds"  # no regime run of that seed
