@@ -292,13 +292,17 @@ def test_attack_check_glue_and_tables_read_the_union_the_gap_and_the_sanity_chec
 
 
 def test_attack_check_results_rejects_other_experiments(tmp_path):
-    import json
-
     from fp_helpers import experiments
 
     with pytest.raises(FileNotFoundError, match="results/attacks/run.sh"):
         experiments.attack_check_results(tmp_path)
-    (tmp_path / "A_x.json").write_text(json.dumps({"provenance": {"experiment": "lowrank"}, "config": {}}))
+    import shutil
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    shutil.copy(results / "attacks" / "A_beta0_init01.json", tmp_path / "A_one.json")
+    assert set(experiments.attack_check_results(tmp_path)) == {"A"}
+    shutil.copy(results / "lowrank" / "G_beta015_init0002_long.json", tmp_path / "G_x.json")
     with pytest.raises(ValueError, match="not a run attack-check result"):
         experiments.attack_check_results(tmp_path)
 
