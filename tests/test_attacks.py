@@ -307,24 +307,6 @@ def test_attack_check_results_rejects_other_experiments(tmp_path):
         experiments.attack_check_results(tmp_path)
 
 
-def test_cli_run_attack_check_writes_a_current_result(tmp_path, capsys):
-    import json
-
-    from fp_helpers.__main__ import main
-
-    out = tmp_path / "attacks.json"
-    tiny = ["--set", "clean_steps=200", "--set", "adv_steps=60", "--set", "eval_n=100", "--set", "d=40",
-            "--set", "m=20", "--set", "pgd_steps=3"]
-    assert main(["run", "attack-check", "--profile", "quick", *tiny, "--checkpoint-dir", "off", "--out", str(out)]) == 0
-    r = json.loads(out.read_text())
-    assert r["config"]["d"] == 40 and r["provenance"]["command"].startswith("python -m fp_helpers run attack-check")
-    assert r["provenance"]["experiment"] == "attack-check" and r["attacks"][-1] == "every attack"
-    assert "every attack at once" in capsys.readouterr().out
-    assert main(["check", str(out)]) == 0
-    assert main(["run", "attack-check", "--profile", "quick", *tiny, "--skip-current", "--out", str(out)]) == 0
-    assert "is current" in capsys.readouterr().out
-
-
 def test_attack_check_figure_draws_three_curves_per_network_and_seed():
     import matplotlib
 

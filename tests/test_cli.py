@@ -39,3 +39,24 @@ def test_cli_rejects_bad_input_without_writing(tmp_path, capsys, args, msg):
     assert main(args + extra) == 2
     assert msg in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("experiment, printed", [("lowrank", "best rank-r training"),
+                                                 ("attack-check", "every attack at once")])
+def test_cli_run_on_a_synthetic_config_writes_a_current_result(tmp_path, capsys, experiment, printed):
+    from fp_helpers import experiments
+
+    out = tmp_path / f"{experiment}.json"
+    tiny = ["--set", "clean_steps=200", "--set", "adv_steps=60", "--set", "eval_n=100", "--set", "d=40",
+            "--set", "m=20", "--set", "pgd_steps=3"]
+    assert main(["run", experiment, "--profile", "quick", *tiny, "--checkpoint-dir", "off", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["d"] == 40 and r["provenance"]["command"].startswith(f"python -m fp_helpers run {experiment}")
+    assert r["provenance"]["experiment"] == experiment and printed in capsys.readouterr().out
+    if experiment == "lowrank":
+        assert len(r["trained"]) == len(experiments.LOWRANK_GRID) * len(experiments.LOWRANK_GRID_RANKS)
+    else:
+        assert r["attacks"][-1] == "every attack" and len(r["curves"]["adversarial"]["every attack"]) == len(r["radii"])
+    assert main(["check", str(out)]) == 0
+    assert main(["run", experiment, "--profile", "quick", *tiny, "--skip-current", "--out", str(out)]) == 0
+    assert "is current" in capsys.readouterr().out

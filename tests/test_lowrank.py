@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from fp_helpers import experiments
-from fp_helpers.__main__ import main
 from fp_helpers.attacks import fgm
 from fp_helpers.networks import AdamLowRankTwoLayerNet, LowRankTwoLayerNet, NetConfig, TwoLayerNet
 
@@ -168,20 +167,6 @@ def test_run_lowrank_reports_every_cell_and_a_divergence_without_raising():
     assert chapter_cell["u_share"] == study["trained"][2]["u_share"]
     assert out["provenance"]["experiment"] == "lowrank"
     json.dumps(out)  # plain numbers: the CLI writes it as it is
-
-
-def test_cli_run_lowrank_writes_a_current_result(tmp_path, capsys):
-    out = tmp_path / "lowrank.json"
-    tiny = ["--set", "clean_steps=200", "--set", "adv_steps=60", "--set", "eval_n=100", "--set", "d=40",
-            "--set", "m=20", "--set", "pgd_steps=3"]
-    assert main(["run", "lowrank", "--profile", "quick", *tiny, "--checkpoint-dir", "off", "--out", str(out)]) == 0
-    r = json.loads(out.read_text())
-    assert r["config"]["d"] == 40 and r["provenance"]["command"].startswith("python -m fp_helpers run lowrank")
-    assert len(r["trained"]) == len(experiments.LOWRANK_GRID) * len(experiments.LOWRANK_GRID_RANKS)
-    assert "best rank-r training" in capsys.readouterr().out
-    assert main(["check", str(out)]) == 0
-    assert main(["run", "lowrank", "--profile", "quick", *tiny, "--skip-current", "--out", str(out)]) == 0
-    assert "is current" in capsys.readouterr().out
 
 
 def _fake_grid_result():
