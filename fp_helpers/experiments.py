@@ -457,7 +457,7 @@ def attack_strength(run: SyntheticRun) -> list[list]:
 
 
 def _attack_check_attacks(cfg: SyntheticConfig) -> list[tuple[str, AttackSpec | str]]:
-    """The attacks of :func:`run_attack_check`, weakest first by design: name and spec (or the name of a
+    """The attacks of :func:`run_attack_check`, in the order of its tables: name and spec (or the name of a
     gradient-free or transfer attack)."""
     return [("FGM", AttackSpec("fgm", cfg.norm)), ("dense direction", AttackSpec("dense", cfg.norm)),
             ("atoms, all active", "atoms"), ("atoms, agreeing with the label", "atoms_agreeing"),
