@@ -953,6 +953,11 @@ def lowrank_grid_results(folder) -> dict[str, dict]:
     return _results_by_letter(folder, "lowrank", "results/lowrank/run.sh")
 
 
+def regime_label(letter: str) -> str:
+    """How the book writes a regime of a results file: ``"A"``, or ``"A (long)"`` for ``"Along"`` (a variant of A)."""
+    return letter if len(letter) == 1 else f"{letter[0]} ({letter[1:]})"
+
+
 def grid_settings(res: dict) -> list[tuple[str, float]]:
     """The ``(optimiser, lr)`` pairs of a ``run lowrank`` result's rank-r trainings, in the order they were run."""
     seen = []

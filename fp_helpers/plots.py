@@ -346,7 +346,7 @@ def lowrank_grid(results: Mapping[str, Mapping]):
     update, and the clean network and full-rank FGM update as horizontal lines. Bottom: every training's FGM
     accuracy against its PGD accuracy, ringed in black where FGM accuracy exceeds clean accuracy
     (:func:`fp_helpers.experiments.leaks`): the training attack is defeated, the network is not robust."""
-    from .experiments import grid_settings, leaks, optimiser_name
+    from .experiments import grid_settings, leaks, optimiser_name, regime_label
 
     letters = sorted(results)
     fig, axes = plt.subplots(2, len(letters), figsize=(4.2 * len(letters), 6.4), squeeze=False)
@@ -354,7 +354,7 @@ def lowrank_grid(results: Mapping[str, Mapping]):
     for j, L in enumerate(letters):
         res = results[L]
         top, bottom = axes[0, j], axes[1, j]
-        regime = L if len(L) == 1 else f"{L[0]} ({L[1:]})"  # "Along" (a variant of A) -> "A (long)"
+        regime = regime_label(L)
         settings = grid_settings(res)
         shade = _setting_shades(settings)
         for o, lr in settings:
@@ -393,14 +393,14 @@ def lowrank_curves(results: Mapping[str, Mapping]):
     reversed), with the full-rank FGM
     update's final value as a line. Colours as :func:`lowrank_grid` (SGD blues, Adam oranges, darker = larger
     rate); line style by rank (dotted, dashed, solid from the smallest rank to the largest)."""
-    from .experiments import grid_settings, optimiser_name
+    from .experiments import grid_settings, optimiser_name, regime_label
 
     letters = sorted(results)
     fig, axes = plt.subplots(2, len(letters), figsize=(3.6 * len(letters), 5.6), squeeze=False, sharex="col")
     for j, L in enumerate(letters):
         res = results[L]
         top, bottom = axes[0, j], axes[1, j]
-        regime = L if len(L) == 1 else f"{L[0]} ({L[1:]})"
+        regime = regime_label(L)
         shade = _setting_shades(grid_settings(res))
         ranks = sorted({t["rank"] for t in res["trained"]})
         styles = dict(zip(ranks, [":", "--", "-", "-."] * len(ranks)))
@@ -435,6 +435,8 @@ def attack_check(results: Mapping[str, Mapping], seeds: Mapping[str, Sequence[Ma
     adversarial network under the book's PGD (the config's evaluation attack, dashed), under the strongest
     gradient-free attack at each radius (dotted) and under every attack at once (solid); ``seeds`` (``{letter:
     [seed 0, seed 1, ...]}``): every seed's curves, thin, the first one's thick."""
+    from .experiments import regime_label
+
     letters = sorted(results)
     fig, axes = plt.subplots(1, len(letters), figsize=(4.6 * len(letters), 3.4), squeeze=False, sharey=True)
     for ax, L in zip(axes[0], letters):
@@ -453,7 +455,7 @@ def attack_check(results: Mapping[str, Mapping], seeds: Mapping[str, Sequence[Ma
                         alpha=alpha, ls=":", label=label(f"{name}: best gradient-free"))
         ax.axvline(runs[0]["config"]["tau"], color="k", ls=":", lw=1)
         ax.text(runs[0]["config"]["tau"], 0.02, r" $\tau$", fontsize=9)
-        ax.set_title(f"regime {L}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""), fontsize=10)
+        ax.set_title(f"regime {regime_label(L)}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""), fontsize=10)
         ax.set_xlabel(r"$\ell_2$ radius $r$")
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel("accuracy under the attack")

@@ -404,3 +404,7 @@ def test_lowrank_seed_same_runs_compares_each_replicate_with_its_regime_run():
     other = {**reg, "adversarial": {**reg["adversarial"], "robust_acc": 0.98}}
     assert experiments.lowrank_seed_same_runs([res], [other]) == "identical at 0 of 1 seeds"
     assert experiments.lowrank_seed_same_runs([res], []) == "identical at 0 of 1 seeds"  # no regime run of that seed
+
+
+def test_regime_label_writes_a_variant_as_the_book_does():
+    assert experiments.regime_label("A") == "A" and experiments.regime_label("Along") == "A (long)"
