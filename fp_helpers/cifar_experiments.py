@@ -994,3 +994,42 @@ def historical_frozen_bn(path) -> dict | None:
             "max_robust": max(v["robust_acc"] for v in runs_),
             "note": (f"earlier frozen-batch-norm run: made {old['provenance']['date']} by fp_helpers commit "
                      f"{old['provenance']['commit']} | {portable_paths(old['data'])}")}
+
+
+RUNS_HEADER = ["run", "starts from", "training attack", "norm, radius", "epochs", "learning rate", "what it asks"]
+
+
+def runs_overview(cfg: CifarConfig) -> list[list]:
+    """The chapter's runs at a glance, one row of :data:`RUNS_HEADER` each, read from ``cfg`` (what
+    :meth:`CifarConfig.train_config` gives each kind): (a), (b), (c), (c'), (c''), (d) at its ranks, and the controls
+    the config runs."""
+    def radius(norm, eps):
+        return f"l-inf {eps * 255:.0f}/255" if norm == "linf" else f"{norm} {eps:g}"
+
+    def row(label, start, kind, asks, seed=None):
+        t = cfg.train_config(kind, seed=seed)
+        attack = {"none": "none", "fgsm_rs": "FGSM, random start", "pgd": f"PGD-{cfg.pgd_ft_steps}"}.get(t.attack, t.attack)
+        return [label, start, attack, radius(t.norm, t.eps) if t.attack != "none" else "-", t.epochs, f"{t.lr:g}", asks]
+
+    rows = [row("(a) clean", "initialisation", "clean", "the clean model: accurate, not robust"),
+            row("(b) adversarial, from scratch", "initialisation", "adv", "the usual adversarial training"),
+            row("(c) adversarial, from clean", "(a)'s weights", "ft", "the paper's experiment: what does it change?")]
+    if cfg.pgd_ft_epochs > 0:
+        rows.append(row("(c') PGD, from clean", "(a)'s weights", "pgd_ft", "(c) with a stronger training attack"))
+    if cfg.other_norm_epochs > 0:
+        rows.append(row("(c'') adversarial, from clean, other norm", "(a)'s weights", "other_ft", "(c) in the other norm"))
+    ranks = ", ".join(str(r) for r in cfg.ranks)
+    rows.append(row(f"(d) low-rank, ranks {ranks}", "(a)'s weights", "lowrank",
+                    "(c) through rank-r updates of every layer" + (" (batch norm trained too)" if cfg.lowrank_train_bn else "")))
+    if cfg.bn_only_control:
+        rows.append(row("control of (d): batch norm only", "(a)'s weights", "lowrank", "what (d) gains without any low-rank update"))
+    if cfg.frozen_bn_lrs:
+        rows.append(row(f"control of (d): rank {max(cfg.ranks)}, batch norm frozen", "(a)'s weights", "lowrank",
+                        "(d) without the batch-norm confound"))
+        rows[-1][5] = ", ".join(f"{lr:g}" for lr in cfg.frozen_bn_lrs)
+    if cfg.direction_controls:
+        rows.append(row("control: (c) at seed + 1", "(a)'s weights", "ft", "does another run of (c) change the same directions?",
+                        seed=cfg.seed + 1))
+        rows.append(row("control: (c)'s schedule without attack", "(a)'s weights", "ft_clean",
+                        "which of (c)'s change is the attack's?"))
+    return rows

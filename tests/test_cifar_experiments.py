@@ -472,3 +472,24 @@ def test_evaluation_images_are_the_ones_the_run_attacks(tiny_run):
     assert x.shape[0] == res["n_test"] and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert torch.equal(x[:16], res["_x"].cpu())
     assert "training images" in describe_run(res, cfg)
+
+
+def test_runs_overview_reads_every_run_from_the_config():
+    from fp_helpers.cifar_experiments import RUNS_HEADER, runs_overview
+
+    cfg = cifar_config("full")
+    rows = {r[0]: r for r in runs_overview(cfg)}
+    assert all(len(r) == len(RUNS_HEADER) for r in rows.values())
+    assert rows["(a) clean"][2:6] == ["none", "-", cfg.clean_epochs, f"{cfg.lr:g}"]
+    assert rows["(c) adversarial, from clean"][1:6] == ["(a)'s weights", "FGSM, random start", "l-inf 8/255",
+                                                         cfg.ft_epochs, f"{cfg.ft_lr:g}"]
+    assert rows["(c') PGD, from clean"][2] == f"PGD-{cfg.pgd_ft_steps}"
+    assert rows["(c'') adversarial, from clean, other norm"][3] == "l2 0.5"
+    assert rows[f"control of (d): rank {max(cfg.ranks)}, batch norm frozen"][5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)
+    # runs the config does not make are not listed
+    from dataclasses import replace
+
+    off = replace(cfg, pgd_ft_epochs=0, other_norm_epochs=0, direction_controls=False, bn_only_control=False,
+                  frozen_bn_lrs=())
+    assert [r[0] for r in runs_overview(off)] == ["(a) clean", "(b) adversarial, from scratch",
+                                                 "(c) adversarial, from clean", "(d) low-rank, ranks 1, 4, 8"]
