@@ -145,9 +145,15 @@ class _Context:
                               self.curve_spec, syn.seed + 50_000)
 
 
+def training_set(s, syn: SyntheticConfig, lb: LowerBoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one fixed training set every baseline of a run sees: ``lb.n_train`` points of the run's distribution
+    (``s``: its setup) from their own seed."""
+    return s.dist.sample(lb.n_train, torch.Generator(device=s.device).manual_seed(syn.seed + 30_000))
+
+
 def _context(syn: SyntheticConfig, lb: LowerBoundConfig, device=None) -> _Context:
     s = setup(syn, device)
-    X, Y = s.dist.sample(lb.n_train, torch.Generator(device=s.device).manual_seed(syn.seed + 30_000))
+    X, Y = training_set(s, syn, lb)
     return _Context(syn, lb, s, X, Y, syn.eval_attack(),
                     AttackSpec("pgd", syn.norm, syn.pgd_steps, lb.curve_restarts))
 
@@ -590,3 +596,19 @@ def orders_numbers(result: dict, orders: list[dict]) -> dict:
             "min_gap_all_pts": 100 * (result["two_layer_adv"]["robust_acc"] - robust[best]),
             "min_gap_all_model": model_label(name) + (f", data order {order}" if order else ""),
             "max_baseline_robust_all": robust[best]}
+
+
+def training_attack_check(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig, names) -> dict:
+    """How much the baselines' adversarial training can change them: for each model of ``names`` (clean fits of a
+    ``keep_models=True`` result), its accuracy on its own training points (:func:`training_set`) and under the
+    training attack of the adversarial refits (PGD with ``lb.adv_attack_steps`` steps from each point, at ``tau``):
+    ``{name: {"train_acc", "train_pgd_acc"}}``. A model that keeps most training points under that attack gets
+    mostly unchanged points to refit on."""
+    missing = [n for n in names if n not in result.get("_models", {})]
+    if missing or "_setup" not in result:
+        raise ValueError(f"no model {', '.join(map(repr, missing)) or '(no setup)'} in the result; allowed: "
+                         f"{', '.join(result.get('_models', {}))} (run with keep_models=True)")
+    X, Y = training_set(result["_setup"], syn, lb)
+    spec = AttackSpec("pgd", syn.norm, lb.adv_attack_steps, 1)
+    return {name: {"train_acc": accuracy(result["_models"][name], X, Y),
+                   "train_pgd_acc": robust_accuracy(result["_models"][name], X, Y, syn.tau, spec)} for name in names}
