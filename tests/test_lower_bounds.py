@@ -484,3 +484,25 @@ def test_eval_points_are_the_first_points_of_the_setup(data):
     del res["_setup"]
     with pytest.raises(ValueError, match="keep_models=True"):
         lbm.eval_points(res)
+
+
+def test_training_attack_check_attacks_the_runs_own_training_points(data):
+    from dataclasses import replace
+
+    from fp_helpers.experiments import synthetic_config
+
+    dist = data[0]
+    syn = replace(synthetic_config("quick"), d=100, k=5, tau=0.3)
+    lb = replace(lbm.lower_bounds_config("quick")[1], n_train=400, adv_attack_steps=5)
+    res = _fake_result(data, {"linear_best": 0.0})
+    res["_setup"] = SimpleNamespace(dist=dist, device="cpu", x_eval=data[3], y_eval=data[4])
+    best = exercises.best_linear(dist)
+    res["_models"]["linear_best"] = best
+    out = lbm.training_attack_check(res, syn, lb, ["linear_best"])["linear_best"]
+    X, Y = lbm.training_set(res["_setup"], syn, lb)  # the run's set: its own seed, n_train points
+    assert X.shape == (400, 100)
+    assert out["train_acc"] == pytest.approx(bl.linear_exact_robust_accuracy(best, X, Y, 0.0))
+    # PGD is exact for a linear model: its accuracy under the training attack is the exact robust accuracy at tau
+    assert out["train_pgd_acc"] == pytest.approx(bl.linear_exact_robust_accuracy(best, X, Y, 0.3))
+    with pytest.raises(ValueError, match="no model 'ntk'"):
+        lbm.training_attack_check(res, syn, lb, ["ntk"])
