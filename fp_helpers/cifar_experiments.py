@@ -1006,10 +1006,12 @@ def runs_overview(cfg: CifarConfig) -> list[list]:
     def radius(norm, eps):
         return f"l-inf {eps * 255:.0f}/255" if norm == "linf" else f"{norm} {eps:g}"
 
-    def row(label, start, kind, asks, seed=None):
-        t = cfg.train_config(kind, seed=seed)
+    def row(label, start, kind, asks, seed=None, lrs=(None,)):
+        ts = [cfg.train_config(kind, lr=lr, seed=seed) for lr in lrs]  # one run per learning rate of a control
+        t = ts[0]
         attack = {"none": "none", "fgsm_rs": "FGSM, random start", "pgd": f"PGD-{cfg.pgd_ft_steps}"}.get(t.attack, t.attack)
-        return [label, start, attack, radius(t.norm, t.eps) if t.attack != "none" else "-", t.epochs, f"{t.lr:g}", asks]
+        return [label, start, attack, radius(t.norm, t.eps) if t.attack != "none" else "-", t.epochs,
+                ", ".join(f"{u.lr:g}" for u in ts), asks]
 
     rows = [row("(a) clean", "initialisation", "clean", "the clean model: accurate, not robust"),
             row("(b) adversarial, from scratch", "initialisation", "adv", "the usual adversarial training"),
@@ -1025,8 +1027,7 @@ def runs_overview(cfg: CifarConfig) -> list[list]:
         rows.append(row("control of (d): batch norm only", "(a)'s weights", "lowrank", "what (d) gains without any low-rank update"))
     if cfg.frozen_bn_lrs:
         rows.append(row(f"control of (d): rank {max(cfg.ranks)}, batch norm frozen", "(a)'s weights", "lowrank",
-                        "(d) without the batch-norm confound"))
-        rows[-1][5] = ", ".join(f"{lr:g}" for lr in cfg.frozen_bn_lrs)
+                        "(d) without the batch-norm confound", lrs=cfg.frozen_bn_lrs))
     if cfg.direction_controls:
         rows.append(row("control: (c) at seed + 1", "(a)'s weights", "ft", "does another run of (c) change the same directions?",
                         seed=cfg.seed + 1))

@@ -987,6 +987,12 @@ def leak_onset(t: dict) -> int | None:
     return next((r["step"] for r in t["curve"] if r["step"] > 0 and r["fgm_acc"] > r["clean_acc"]), None)
 
 
+def ever_reversed(t: dict) -> bool:
+    """Whether a rank-r training has the projection on ``u`` reversed (coefficient below zero) at its end or at any
+    logged step of its ``curve``."""
+    return t["u_kept"] < 0 or any(r["u_kept"] < 0 for r in t.get("curve", []))
+
+
 def _pattern_cos(t: dict) -> float:
     """cos between a network's projection on ``u`` over the neurons, ``W u``, and the clean network's, ``W_clean u``
     (from :func:`fp_helpers.purification.update_directions`: the coefficient over the ratio of norms)."""
@@ -1024,7 +1030,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
             if not group:
                 continue
             rev = sum(t["u_kept"] < 0 for t in group)
-            ever = sum(t["u_kept"] < 0 or any(r["u_kept"] < 0 for r in t.get("curve", [])) for t in group)
+            ever = sum(ever_reversed(t) for t in group)
             out.update({f"lrd_{L}_{name}_share_min": min(t["u_share"] for t in group),
                         f"lrd_{L}_{name}_share_max": max(t["u_share"] for t in group),
                         f"lrd_{L}_{name}_cos_min": min(t["cos_top_u"] for t in group),
@@ -1286,8 +1292,7 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
                     f"{L}_leak_kept_max": max(g["lrd_X_leak_kept_max"] for g in leaking),
                     f"{L}_onset_min": min(g["lrd_X_onset_min"] for g in leaking if "lrd_X_onset_min" in g),
                     f"{L}_onset_max": max(g["lrd_X_onset_max"] for g in leaking if "lrd_X_onset_max" in g)})
-    ever = sum(t["u_kept"] < 0 or any(r["u_kept"] < 0 for r in t.get("curve", []))
-               for res in runs for t in res["trained"] if not t.get("diverged"))
+    ever = sum(ever_reversed(t) for res in runs for t in res["trained"] if not t.get("diverged"))
     below = sum(g.get("lrg_X_below_clean", 0) for g in units)
     out.update({f"{L}_ever_reversed_of": count_words(ever, n_tr), f"{L}_above_clean_of": count_words(n_tr - below, n_tr)})
     by_rank = [g for g in units if "lrg_X_r_lo" in g]

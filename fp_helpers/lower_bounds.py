@@ -612,3 +612,21 @@ def training_attack_check(result: dict, syn: SyntheticConfig, lb: LowerBoundConf
     spec = AttackSpec("pgd", syn.norm, lb.adv_attack_steps, 1)
     return {name: {"train_acc": accuracy(result["_models"][name], X, Y),
                    "train_pgd_acc": robust_accuracy(result["_models"][name], X, Y, syn.tau, spec)} for name in names}
+
+
+def training_attack_glue(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig) -> dict:
+    """What the lower-bound chapter states from :func:`training_attack_check` (``lb_tr_*``), for the clean kernel fits
+    of degree 2 and above and of the NTK (the ``kernels``), beside the affine kernel (degree 1): the kernels' smallest
+    training accuracy and accuracy under the training attack (``acc_min``, ``pgd_min``), how many keep every training
+    point (``all_of``), their degrees as text (``degrees``), and the affine kernel's two accuracies (``deg1_*``)."""
+    from .experiments import count_words
+
+    names = model_names(result)
+    degs = sorted(int(n.split("_")[1]) for n in names if n.startswith("poly_") and not n.endswith("_adv") and n != "poly_1")
+    kernels = [f"poly_{p}" for p in degs] + (["ntk"] if "ntk" in names else [])
+    tr = training_attack_check(result, syn, lb, kernels + ["poly_1"])
+    return {"lb_tr_acc_min": min(tr[n]["train_acc"] for n in kernels),
+            "lb_tr_pgd_min": min(tr[n]["train_pgd_acc"] for n in kernels),
+            "lb_tr_all_of": count_words(sum(tr[n]["train_pgd_acc"] == 1.0 for n in kernels), len(kernels)),
+            "lb_tr_degrees": f"{degs[0]} to {degs[-1]}" if len(degs) > 1 else str(degs[0]),
+            "lb_tr_deg1_acc": tr["poly_1"]["train_acc"], "lb_tr_deg1_pgd": tr["poly_1"]["train_pgd_acc"]}

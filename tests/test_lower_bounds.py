@@ -506,3 +506,12 @@ def test_training_attack_check_attacks_the_runs_own_training_points(data):
     assert out["train_pgd_acc"] == pytest.approx(bl.linear_exact_robust_accuracy(best, X, Y, 0.3))
     with pytest.raises(ValueError, match="no model 'ntk'"):
         lbm.training_attack_check(res, syn, lb, ["ntk"])
+    # the chapter's glue: the kernels (degree 2 and above, the NTK) beside the affine one; here a linear model that
+    # keeps every point (the zero-margin-free "kernel") and the best linear classifier as the affine kernel
+    res.update({n: {"clean_acc": 1.0, "robust_acc": 0.3} for n in ("poly_1", "poly_2", "poly_3", "ntk", "poly_2_adv")})
+    wide = lambda x: 100.0 * (x @ dist.u)  # noqa: E731  (same signs; PGD at tau flips what best flips)
+    res["_models"].update({"poly_1": best, "poly_2": best, "poly_3": wide, "ntk": best})
+    g = lbm.training_attack_glue(res, syn, lb)
+    assert g["lb_tr_degrees"] == "2 to 3" and g["lb_tr_deg1_pgd"] == out["train_pgd_acc"]
+    assert g["lb_tr_pgd_min"] == out["train_pgd_acc"] and g["lb_tr_acc_min"] == out["train_acc"]
+    assert g["lb_tr_all_of"] == ("all 3" if out["train_pgd_acc"] == 1.0 else "none of the 3")
