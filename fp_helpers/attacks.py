@@ -158,6 +158,12 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "l2", s
     change the step size and so the whole path, and are not guaranteed to be stronger (the chapters check
     it). The margins come from the same forward pass as the gradient (one pass per step).
     Step size defaults to ``2.5 eps / steps`` (Madry et al.).
+
+    With ``clip`` every iterate is clipped to the box before it is scored and differentiated, but the
+    perturbation carried to the next step is not, so in l2 part of the budget can sit outside the box and the
+    attack is weaker than one that projects on the box too (a test builds such a case). The CIFAR-10 chapter
+    measures what this costs on its models (:func:`fp_helpers.cifar_experiments.attack_strength`, the box
+    check). It is kept as is because every saved result was made with it.
     """
     eps = _check_eps(eps)
     norm = check_norm(norm)

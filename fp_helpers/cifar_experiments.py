@@ -755,8 +755,10 @@ def standard_error(acc: float, n: int) -> float:
 
 
 def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, strong_steps: int = 100,
-                    strong_restarts: int = 3) -> dict:
-    """How strong the run's evaluation attack is, on the images ``x``: per model of ``models`` (label -> model),
+                    strong_restarts: int = 3, norm: str | None = None, eps: float | None = None) -> dict:
+    """How strong the run's evaluation attack is, on the images ``x``, in ``norm`` at radius ``eps`` (default: the
+    run's, ``cfg.norm`` and ``cfg.radius``; pass ``cfg.other_norm, cfg.other_radius`` for (c'')): per model of
+    ``models`` (label -> model),
     clean accuracy and accuracy under FGSM (one step of size eps), the run's PGD (``eval_pgd_steps`` steps,
     ``eval_restarts`` starts, cross-entropy, :func:`fp_helpers.attacks.pgd`), a stronger PGD with the margin
     (Carlini-Wagner) loss (``strong_steps`` steps, ``strong_restarts`` starts: the image, then random points;
@@ -765,10 +767,19 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     not), ``run_only`` (the other way) and ``extra`` (images the worst case breaks that the run's PGD left
     correct). ``ordered`` is True when, for every model, FGSM >= run's PGD and the stronger attack is not above the
     run's PGD; ``max_gap`` is the largest drop from the run's PGD to the worst case, ``max_extra`` the largest
-    ``extra``."""
+    ``extra``.
+
+    The box check: :func:`fp_helpers.attacks.pgd` clips each iterate to the images ``[0, 1]`` but keeps the
+    unclipped perturbation for the next step, so part of an l2 budget can sit outside the box. Per model,
+    ``box_only`` counts the images that the run's PGD from the image alone (one start) leaves correct and the
+    same PGD with every iterate projected onto the box (:func:`fixed_pgd`, cross-entropy, same steps and step
+    size, stopping at the first misclassified iterate) breaks; ``unboxed_only`` the other way round. The two
+    differ in nothing else, so ``box_only = 0`` on every model says the box handling weakened no attack here."""
     from .attacks import fgm, margins, pgd
 
-    n, eps, norm = int(x.shape[0]), cfg.radius, cfg.norm
+    n = int(x.shape[0])
+    norm = cfg.norm if norm is None else check_norm(norm)
+    eps = cfg.radius if eps is None else float(eps)
     rows, ordered, gaps = [], True, []
     for label, m in models.items():
         m.eval()
@@ -787,23 +798,48 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
                                   generator=g, stop_when_broken=True)
             strong[idx[broken]] = False
         worst = correct & fg & run & strong
+        first = margins(m, pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, restarts=1, clip=(0.0, 1.0)), y) > 0
+        _, box_broken = fixed_pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, loss="ce", stop_when_broken=True)
+        boxed = correct & ~box_broken
         acc = {k: v.float().mean().item() for k, v in
                (("clean", correct), ("fgsm", fg), ("pgd_run", run), ("strong", strong), ("worst", worst))}
         se = standard_error(acc["pgd_run"], n)
         ordered &= acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"]
         gaps.append(acc["pgd_run"] - acc["worst"])
-        rows.append({"model": label, **acc, "se_pgd_run": se, "strong_only": int((run & ~strong).sum()),
-                     "run_only": int((strong & ~run).sum()), "extra": int((run & ~worst).sum())})
+        rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se,
+                     "strong_only": int((run & ~strong).sum()), "run_only": int((strong & ~run).sum()),
+                     "extra": int((run & ~worst).sum()), "box_only": int((first & ~boxed).sum()),
+                     "unboxed_only": int((boxed & ~first).sum())})
     extra = max(r["extra"] for r in rows)
     verdict = ("the run's PGD found every image that any of the three attacks broke: on these images it is as strong "
                "as the stronger attack (no attack gives a certified bound)" if extra == 0 else
                f"the stronger attacks broke up to {extra} of {n} images that the run's PGD left correct (paired, on the "
                f"same images): the run's PGD accuracies overstate robustness, by up to {max(gaps):.3f} here")
-    return {"n": n, "rows": rows, "ordered": bool(ordered), "max_gap": max(gaps), "max_extra": extra, "verdict": verdict,
+    return {"n": n, "norm": norm, "eps": eps, "rows": rows, "ordered": bool(ordered), "max_gap": max(gaps),
+            "max_extra": extra, "verdict": verdict, "max_box_only": max(r["box_only"] for r in rows),
             "fgsm": f"FGSM, {norm}, one step of eps",
             "pgd_run": f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, cross-entropy (the run's evaluation)",
             "strong": f"PGD-{strong_steps} x{strong_restarts}, margin (CW) loss"}
 
+
+
+def worst_case_comparisons(check: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """The chapter's comparisons of two models, with the run's PGD and with the worst case of
+    :func:`attack_strength`'s attacks (``check``, its output; models named by their labels there): per pair
+    ``(a, b)``, both accuracies of each, :func:`compare_accuracies` of ``a`` against ``b`` under each (two
+    standard errors of ``check["n"]`` images) and ``same`` (whether the two verdicts agree)."""
+    rows = {r["model"]: r for r in check["rows"]}
+    missing = sorted({m for pair in pairs for m in pair} - set(rows))
+    if missing:
+        raise ValueError(f"the check has no model {', '.join(missing)}; it has {', '.join(rows)}")
+    out = []
+    for a, b in pairs:
+        ra, rb = rows[a], rows[b]
+        run = compare_accuracies(ra["pgd_run"], rb["pgd_run"], check["n"])
+        worst = compare_accuracies(ra["worst"], rb["worst"], check["n"])
+        out.append({"a": a, "b": b, "pgd_a": ra["pgd_run"], "pgd_b": rb["pgd_run"], "worst_a": ra["worst"],
+                    "worst_b": rb["worst"], "cmp_run": run, "cmp_worst": worst, "same": run == worst})
+    return out
 
 def cosine_bounds(result: dict) -> dict:
     """How much of the high cosine between (c) and the clean weights the relative change alone forces: if

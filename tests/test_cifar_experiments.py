@@ -493,3 +493,49 @@ def test_runs_overview_reads_every_run_from_the_config():
                   frozen_bn_lrs=())
     assert [r[0] for r in runs_overview(off)] == ["(a) clean", "(b) adversarial, from scratch",
                                                  "(c) adversarial, from clean", "(d) low-rank, ranks 1, 4, 8"]
+
+
+def test_attack_strength_box_check_finds_an_l2_budget_spent_outside_the_images():
+    """Half the pixels sit at 1 and the label's margin falls as they rise: the run's PGD keeps pushing budget there
+    (clipped away), the box-aware PGD spends it on the other half, so only it breaks the middle points."""
+    from fp_helpers.cifar_experiments import attack_strength
+
+    cfg = cifar_config("quick")
+    d, eps = 3 * 4 * 4, 0.5
+    sat = torch.arange(d) < d // 2  # these pixels are at 1.0
+    w = torch.where(sat, -1.0, 1.0)
+    lin = torch.nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([torch.zeros(d), w]))
+        lin.bias.copy_(torch.tensor([0.0, 0.5 * (d // 2)]))  # cancels the pixels' value at t = 0
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+    scale = eps * math.sqrt(d // 2)  # the margin an l2 step of eps along the free pixels removes
+    t = torch.tensor([0.5, 0.85, 1.2]).repeat_interleave(4)  # margins in units of scale
+    x = torch.where(sat, 1.0, 0.5)[None].repeat(len(t), 1)
+    x[:, ~sat] += (t * scale / (d // 2))[:, None]  # margin = sum over free pixels of (x - 0.5) = t * scale
+    x = x.view(-1, 3, 4, 4)
+    y = torch.ones(len(t), dtype=torch.long)
+    out = attack_strength({"linear": model}, x, y, cfg, strong_steps=50, strong_restarts=1, norm="l2", eps=eps)
+    r = out["rows"][0]
+    assert out["norm"] == r["norm"] == "l2" and r["eps"] == eps and r["clean"] == 1.0
+    # the unclipped budget reaches eps / sqrt(2) along the free pixels: t = 0.5 breaks, 0.85 and 1.2 do not;
+    # the box-aware attack reaches nearly eps there: 0.85 breaks too
+    assert r["pgd_run"] == pytest.approx(8 / 12) and r["fgsm"] == pytest.approx(8 / 12)
+    assert r["box_only"] == 4 and r["unboxed_only"] == 0 and out["max_box_only"] == 4
+    assert r["strong"] == pytest.approx(4 / 12) and r["extra"] == 4 and "overstate" in out["verdict"]
+
+
+def test_worst_case_comparisons_redo_the_two_standard_error_verdicts_under_the_worst_case():
+    from fp_helpers.cifar_experiments import compare_accuracies, worst_case_comparisons
+
+    row = lambda m, run, worst: {"model": m, "pgd_run": run, "worst": worst}
+    check = {"n": 1000, "rows": [row("c", 0.30, 0.22), row("b", 0.25, 0.24), row("d", 0.31, 0.29)]}
+    out = worst_case_comparisons(check, [("c", "b"), ("d", "c")])
+    cb, dc = out
+    assert cb["cmp_run"] == compare_accuracies(0.30, 0.25, 1000) == "higher than"
+    assert cb["cmp_worst"] == "about the same as" and not cb["same"]  # the gap was the attack's
+    assert dc["cmp_run"] == "about the same as" and dc["cmp_worst"] == "higher than" and not dc["same"]
+    assert (cb["pgd_a"], cb["worst_b"]) == (0.30, 0.24)
+    assert worst_case_comparisons(check, [("b", "b")])[0]["same"]
+    with pytest.raises(ValueError, match="no model x"):
+        worst_case_comparisons(check, [("c", "x")])
