@@ -1311,6 +1311,51 @@ def lowrank_seed_glue(runs: list[dict], letter: str) -> dict:
     return out
 
 
+
+def _span(lo, hi, fmt: str = ".3f") -> str:
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}} to {hi:{fmt}}"
+
+
+def lowrank_seed_findings(glues: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """The findings of :func:`lowrank_seed_glue` for several regimes side by side: ``glues`` maps a regime letter
+    to its glue dict. Returns the header (``finding`` and one column per regime) and the rows; a finding a
+    regime's grid cannot give (no leaking training, no rank comparison) is ``-``."""
+    def get(g: dict, key: str, fmt=None, default="-"):
+        v = g.get(key)
+        return default if v is None else (v if fmt is None else f"{v:{fmt}}")
+
+    def rng(g: dict, lo: str, hi: str, fmt: str = ".3f") -> str:
+        return "-" if g.get(lo) is None else _span(g[lo], g[hi], fmt)
+
+    letters = list(glues)
+    if not letters:
+        raise ValueError("no regime given")
+    keys = {L: {k.split("_", 2)[2]: v for k, v in g.items()} for L, g in glues.items()}
+    rows = [
+        ("seeds", lambda g: get(g, "seeds")),
+        ("rank-r trainings (settings x seeds)", lambda g: get(g, "trainings")),
+        ("leaking trainings, per seed", lambda g: get(g, "leak_list")),
+        ("settings that leak at every seed / at any seed",
+         lambda g: f"{get(g, 'leak_every_seed')} / {get(g, 'leak_any_seed')}"),
+        ("leaking trainings with the projection on u reversed by the leak's onset (strictly before)",
+         lambda g: f"{g['rev_by_onset_of']} ({g['rev_before_onset']})" if "rev_by_onset_of" in g else "-"),
+        ("trainings with the projection on u reversed at any logged step", lambda g: get(g, "ever_reversed_of")),
+        ("trainings ending above the clean network's PGD accuracy", lambda g: get(g, "above_clean_of")),
+        ("clean network's PGD accuracy", lambda g: rng(g, "clean_robust_min", "clean_robust_max")),
+        ("PGD accuracy at the smallest rank", lambda g: rng(g, "lo_min", "lo_max") + (
+            f" (r = {g['r_lo']})" if "r_lo" in g else "")),
+        ("PGD accuracy at the largest rank", lambda g: rng(g, "hi_min", "hi_max") + (
+            f" (r = {g['r_hi']})" if "r_hi" in g else "")),
+        ("seeds at which every setting gains from the smallest rank to the largest",
+         lambda g: get(g, "rises_every_seed")),
+        ("best rank-r training's PGD accuracy", lambda g: get(g, "best_max", ".3f")),
+        ("full update's PGD accuracy", lambda g: rng(g, "full_min", "full_max")),
+        ("full update minus best rank-r training, at least", lambda g: get(g, "gap_min", ".2f")),
+        ("share of each update's energy along u, at least", lambda g: get(g, "share_min", ".2f")),
+    ]
+    header = ["finding (over every seed)"] + [f"regime {L}" for L in letters]
+    return header, [[name] + [str(f(keys[L])) for L in letters] for name, f in rows]
+
 def attack_check_results(folder) -> dict[str, dict]:
     """The ``run attack-check`` results of ``folder`` (``results/attacks``) as ``{regime letter: result}``
     (:func:`_results_by_letter`)."""

@@ -395,6 +395,32 @@ def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
     assert rows[1][3:] == ["0.880 / 0.500", "2 of 3", "1 of 3", "0 of 1", "0.15-0.80"]
 
 
+
+def test_lowrank_seed_findings_put_the_regimes_side_by_side():
+    a, b = _fake_curved_result(), _fake_curved_result()
+    for res, seed in ((a, 0), (b, 1)):
+        res["config"] = {"adv_steps": 200, "seed": seed}
+        res["truncated"] = [{"rank": 1, "clean_acc": 0.85, "robust_acc": 0.28, "energy_share": 0.32}]
+        res["principle_holds_fraction"], res["spectrum"]["relative_size"] = 0.1, 1.0
+    b["run"]["adversarial"]["robust_acc"] = 0.95
+    g = experiments.lowrank_seed_glue([a, b], "A")
+    no_leak = {"lrs_G_seeds": "0", "lrs_G_trainings": 18, "lrs_G_leak_list": "0", "lrs_G_leak_every_seed": 0,
+               "lrs_G_leak_any_seed": 0, "lrs_G_ever_reversed_of": "none of the 18"}
+    header, rows = experiments.lowrank_seed_findings({"A": g, "G": no_leak})
+    assert header == ["finding (over every seed)", "regime A", "regime G"]
+    row = {r[0]: r[1:] for r in rows}
+    assert all(len(r) == 3 for r in rows)
+    assert row["leaking trainings, per seed"] == [g["lrs_A_leak_list"], "0"]
+    assert row["settings that leak at every seed / at any seed"] == [
+        f"{g['lrs_A_leak_every_seed']} / {g['lrs_A_leak_any_seed']}", "0 / 0"]
+    onset = [v for k, v in row.items() if k.startswith("leaking trainings with")][0]
+    assert onset == [f"{g['lrs_A_rev_by_onset_of']} ({g['lrs_A_rev_before_onset']})", "-"]  # G: nothing leaks
+    assert row["full update's PGD accuracy"] == ["0.950 to 0.990", "-"]
+    assert row["PGD accuracy at the smallest rank"][0].endswith(f"(r = {g['lrs_A_r_lo']})")
+    assert row["full update minus best rank-r training, at least"][0] == f"{g['lrs_A_gap_min']:.2f}"
+    with pytest.raises(ValueError, match="no regime"):
+        experiments.lowrank_seed_findings({})
+
 def test_lowrank_seed_same_runs_compares_each_replicate_with_its_regime_run():
     res = _fake_grid_result()
     res["config"] = {"adv_steps": 4000, "seed": 0}
