@@ -766,7 +766,7 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     are compared image by image: per model, ``strong_only`` (images the stronger PGD breaks and the run's PGD does
     not), ``run_only`` (the other way) and ``extra`` (images the worst case breaks that the run's PGD left
     correct). ``ordered`` is True when, for every model, FGSM >= run's PGD and the stronger attack is not above the
-    run's PGD; ``max_gap`` is the largest drop from the run's PGD to the worst case, ``max_extra`` the largest
+    run's PGD (per model: its row's ``ordered``); ``max_gap`` is the largest drop from the run's PGD to the worst case, ``max_extra`` the largest
     ``extra``.
 
     The box check: :func:`fp_helpers.attacks.pgd` clips each iterate to the images ``[0, 1]`` but keeps the
@@ -804,9 +804,10 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
         acc = {k: v.float().mean().item() for k, v in
                (("clean", correct), ("fgsm", fg), ("pgd_run", run), ("strong", strong), ("worst", worst))}
         se = standard_error(acc["pgd_run"], n)
-        ordered &= acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"]
+        row_ordered = acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"]
+        ordered &= row_ordered
         gaps.append(acc["pgd_run"] - acc["worst"])
-        rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se,
+        rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se, "ordered": bool(row_ordered),
                      "strong_only": int((run & ~strong).sum()), "run_only": int((strong & ~run).sum()),
                      "extra": int((run & ~worst).sum()), "box_only": int((first & ~boxed).sum()),
                      "unboxed_only": int((boxed & ~first).sum())})

@@ -38,6 +38,7 @@ class LowerBoundConfig:
     ridge: float = 1e-3  # kernel ridge, relative to the mean of the Gram diagonal
     adv_rounds: int = 2  # kernel adversarial training: PGD on the training set + exact refit, this many times
     adv_attack_steps: int = 7  # PGD steps of the baselines' adversarial training
+    adv_radius_mults: tuple = (2.0, 4.0)  # each kernel is also trained adversarially at these multiples of tau
     linear_steps: int = 3000
     linear_lr: float = 1.0
     lin_steps: int = 3000  # linearised network (NTK regime), SGD steps
@@ -72,6 +73,9 @@ class LowerBoundConfig:
         r = [float(x) for x in self.lb_radii]
         if any(b <= a for a, b in zip(r, r[1:])) or r[0] < 0:
             raise ValueError(f"lb_radii must be increasing and >= 0, got {self.lb_radii!r}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+                   for x in self.adv_radius_mults):
+            raise ValueError(f"adv_radius_mults must be finite numbers > 0 (may be empty), got {self.adv_radius_mults!r}")
         return self
 
 
@@ -137,6 +141,15 @@ class _Context:
     Y: torch.Tensor
     spec: AttackSpec
     curve_spec: AttackSpec
+
+    def evaluate_at_tau(self, model) -> dict:
+        """Clean and PGD accuracy at ``tau`` on the held-out points, as :meth:`evaluate` measures them (same
+        points, attack and generator seed, so the same numbers), without the curve."""
+        syn, lb, s = self.syn, self.lb, self.s
+        x, y = s.x_eval[: lb.lb_eval_n], s.y_eval[: lb.lb_eval_n]
+        g = torch.Generator(device=x.device).manual_seed(syn.seed + 50_000)
+        return {"clean_acc": accuracy(model, x, y), "robust_acc": robust_accuracy(model, x, y, syn.tau, self.spec,
+                                                                                 generator=g)}
 
     def evaluate(self, model) -> dict:
         syn, lb, s = self.syn, self.lb, self.s
@@ -237,7 +250,17 @@ def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet | None, seed: int |
     for name, (model, seconds) in fitted.items():
         metrics[name] = c.evaluate(model)
         metrics[name]["train_seconds"] = round(seconds, 2)
-    return {"metrics": metrics, "states": {name: _state(model) for name, (model, _) in fitted.items()}}
+    out = {"metrics": metrics, "states": {name: _state(model) for name, (model, _) in fitted.items()}}
+    if lb.adv_radius_mults and (unit.startswith("poly_") or unit == "ntk"):  # the same training, larger radii
+        sweep = []
+        for mult in lb.adv_radius_mults:
+            t = time.perf_counter()
+            m = bl.fit_kernel_adversarial(kernel, X, Y, mult * syn.tau, syn.norm, lb.ridge, lb.adv_rounds,
+                                          lb.adv_attack_steps, gen)
+            sweep.append({"radius_mult": float(mult), "train_radius": mult * syn.tau, **c.evaluate_at_tau(m),
+                          "train_seconds": round(time.perf_counter() - t, 2)})
+        out["sweep"] = {unit + "_adv": sweep}
+    return out
 
 
 def _two_layer_stage(c: _Context, progress=None) -> dict:
@@ -353,6 +376,8 @@ def run_lower_bounds(syn: SyntheticConfig, lb: LowerBoundConfig, device=None, pr
         s.gen.set_state(units["two_layer"]["gen"])  # the setup returned is the one the network trained with
     for unit in units_order:
         result.update(units[unit]["metrics"])
+        if units[unit].get("sweep"):
+            result.setdefault("adv_radius_sweep", {}).update(units[unit]["sweep"])
         for name, st in units[unit]["states"].items():
             if unit == "two_layer":
                 m = TwoLayerNet(syn.d, syn.net_config(), weight=st["W"].to(dev))
@@ -574,7 +599,8 @@ def orders_numbers(result: dict, orders: list[dict]) -> dict:
     the clean one's PGD accuracy (``lin_robust_hi``), of the norm ratio ``||w_adv|| / ||w_clean||``
     (``linadv_shrink_lo/hi``); and over every baseline of the result *and* every order's linear models, the
     smallest gap to the FGM-trained network in points (``min_gap_all_pts``, its model ``min_gap_all_model``)
-    and the best PGD accuracy (``max_baseline_robust_all``)."""
+    and the best PGD accuracy (``max_baseline_robust_all``); the kernels adversarially trained at larger radii
+    (``adv_radius_sweep`` of the result) count among the baselines there."""
     if not orders:
         raise ValueError("orders must be a non-empty list of linear_stage_orders rows")
     if "two_layer_adv" not in result:
@@ -585,8 +611,12 @@ def orders_numbers(result: dict, orders: list[dict]) -> dict:
     for i, o in enumerate(orders):
         for n in ("linear", "linear_adv"):
             robust[f"{n}@{i}"] = o[n]["robust_acc"]
+    for name, rows in result.get("adv_radius_sweep", {}).items():  # the kernels trained at larger radii
+        for r in rows:
+            robust[f"{name}#{r['radius_mult']:g}"] = r["robust_acc"]
     best = max(robust, key=robust.get)
     name, _, order = best.partition("@")
+    name, _, mult = name.partition("#")
     return {"orders": len(orders),
             "linadv_clean_lo": min(a["clean_acc"] for a in adv), "linadv_clean_hi": max(a["clean_acc"] for a in adv),
             "linadv_robust_lo": min(a["robust_acc"] for a in adv),
@@ -594,9 +624,47 @@ def orders_numbers(result: dict, orders: list[dict]) -> dict:
             "lin_robust_hi": max(o["linear"]["robust_acc"] for o in orders),
             "linadv_shrink_lo": min(shrink), "linadv_shrink_hi": max(shrink),
             "min_gap_all_pts": 100 * (result["two_layer_adv"]["robust_acc"] - robust[best]),
-            "min_gap_all_model": model_label(name) + (f", data order {order}" if order else ""),
+            "min_gap_all_model": model_label(name) + (f", data order {order}" if order else "")
+                                 + (f", trained at {mult} tau" if mult else ""),
             "max_baseline_robust_all": robust[best]}
 
+
+def radius_sweep_rows(result: dict) -> tuple[list[str], list[list]]:
+    """The kernels' adversarial training at larger training radii (``adv_radius_sweep`` of a result of
+    :func:`run_lower_bounds`), as a table: per adversarially trained kernel, clean and PGD accuracy at ``tau``
+    when trained at ``tau`` (the run's model) and at each multiple of it."""
+    sweep = result.get("adv_radius_sweep") or {}
+    if not sweep:
+        raise ValueError("the result has no adv_radius_sweep (run it with lb.adv_radius_mults non-empty)")
+    mults = [r["radius_mult"] for r in next(iter(sweep.values()))]
+    header = ["model", "trained at tau: clean / PGD"] + [f"trained at {m:g} tau: clean / PGD" for m in mults]
+    rows = []
+    for name, sw in sweep.items():
+        if [r["radius_mult"] for r in sw] != mults:
+            raise ValueError(f"{name} was trained at other radii than the first kernel of the sweep")
+        rows.append([model_label(name)] + [f"{a['clean_acc']:.3f} / {a['robust_acc']:.3f}" for a in [result[name]] + sw])
+    return header, rows
+
+
+def radius_sweep_glue(result: dict) -> dict:
+    """What the lower-bound chapter states about the sweep (``lb_sw_*``): the multiples of ``tau`` (``mults``, as
+    text), the largest change of a kernel's PGD accuracy at ``tau`` from the run's model trained at ``tau``, in
+    points (``max_change_pts``), the best PGD accuracy of the sweep and its model (``best``, ``best_model``), the
+    smallest clean accuracy in it (``clean_min``) and the network's PGD accuracy at ``tau`` (``net``)."""
+    sweep = result.get("adv_radius_sweep") or {}
+    if not sweep:
+        raise ValueError("the result has no adv_radius_sweep (run it with lb.adv_radius_mults non-empty)")
+    flat = [(name, r) for name, sw in sweep.items() for r in sw]
+    best_name, best = max(flat, key=lambda nr: nr[1]["robust_acc"])
+    mults = sorted({r["radius_mult"] for _, r in flat})
+    return {"lb_sw_mults": " and ".join(f"{m:g}" for m in mults) if len(mults) < 3
+            else ", ".join(f"{m:g}" for m in mults[:-1]) + f" and {mults[-1]:g}",
+            "lb_sw_max_change_pts": 100 * max(abs(r["robust_acc"] - result[n]["robust_acc"]) for n, r in flat),
+            "lb_sw_best": best["robust_acc"],
+            "lb_sw_best_model": f"{model_label(best_name)}, trained at {best['radius_mult']:g} tau",
+            "lb_sw_clean_min": min(r["clean_acc"] for _, r in flat),
+            "lb_sw_n": len(flat), "lb_sw_net": result["two_layer_adv"]["robust_acc"] if "two_layer_adv" in result
+            else float("nan")}
 
 def training_attack_check(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig, names) -> dict:
     """How much the baselines' adversarial training can change them: for each model of ``names`` (clean fits of a

@@ -384,7 +384,7 @@ def test_attack_strength_orders_the_attacks():
     assert out["n"] == 48 and r["clean"] == 1.0
     assert r["worst"] <= min(r["fgsm"], r["pgd_run"], r["strong"]) and r["pgd_run"] <= r["fgsm"]
     assert out["max_gap"] == pytest.approx(r["pgd_run"] - r["worst"])
-    assert out["ordered"] == (r["fgsm"] >= r["pgd_run"] and r["strong"] <= r["pgd_run"])
+    assert out["ordered"] == (r["fgsm"] >= r["pgd_run"] and r["strong"] <= r["pgd_run"]) == r["ordered"]
     # paired counts: the accuracies differ by exactly the images one attack breaks and the other does not
     assert (r["pgd_run"] - r["strong"]) * 48 == pytest.approx(r["strong_only"] - r["run_only"])
     assert r["extra"] == round((r["pgd_run"] - r["worst"]) * 48) and out["max_extra"] == r["extra"]
@@ -523,6 +523,7 @@ def test_attack_strength_box_check_finds_an_l2_budget_spent_outside_the_images()
     assert r["pgd_run"] == pytest.approx(8 / 12) and r["fgsm"] == pytest.approx(8 / 12)
     assert r["box_only"] == 4 and r["unboxed_only"] == 0 and out["max_box_only"] == 4
     assert r["strong"] == pytest.approx(4 / 12) and r["extra"] == 4 and "overstate" in out["verdict"]
+    assert r["ordered"] and out["ordered"]  # FGSM = run's PGD here, and the box-aware strong attack is below both
 
 
 def test_worst_case_comparisons_redo_the_two_standard_error_verdicts_under_the_worst_case():

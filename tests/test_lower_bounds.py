@@ -299,6 +299,8 @@ def test_run_lower_bounds_writes_the_promised_json(tmp_path):
         assert 0 <= r[name]["clean_acc"] <= 1 and 0 <= r[name]["robust_acc"] <= r[name]["clean_acc"] + 1e-9, name
         assert len(r[name]["curve"]) == len(r["radii"])
     assert abs(r["linear"]["robust_acc"] - r["linear"]["exact_robust_acc"]) <= 0.02
+    assert sorted(r["adv_radius_sweep"]) == ["ntk_adv", "poly_1_adv", "poly_3_adv"]  # every kernel, at 2 and 4 tau
+    assert all([x["radius_mult"] for x in v] == [2.0, 4.0] for v in r["adv_radius_sweep"].values())
 
 
 def test_cli_lower_bounds_rejects_bad_input(tmp_path, capsys):
@@ -440,6 +442,32 @@ def test_orders_numbers_include_every_order_of_the_linear_stage(data):
     with pytest.raises(ValueError, match="orders"):
         lbm.orders_numbers(res, [])
 
+
+
+def test_the_radius_sweep_is_tabled_glued_and_counted_among_the_baselines(data):
+    res = _fake_result(data, {"two_layer_adv": 0.9, "linear": 0.3, "linear_adv": 0.45, "poly_2": 0.28,
+                              "poly_2_adv": 0.30, "ntk": 0.2, "ntk_adv": 0.25})
+    sw = lambda a, b: [{"radius_mult": 2.0, "train_radius": 0.6, "clean_acc": 0.9, "robust_acc": a},
+                       {"radius_mult": 4.0, "train_radius": 1.2, "clean_acc": 0.7, "robust_acc": b}]
+    with pytest.raises(ValueError, match="no adv_radius_sweep"):
+        lbm.radius_sweep_rows(res)
+    res["adv_radius_sweep"] = {"poly_2_adv": sw(0.33, 0.29), "ntk_adv": sw(0.2, 0.5)}
+    header, rows = lbm.radius_sweep_rows(res)
+    assert header == ["model", "trained at tau: clean / PGD", "trained at 2 tau: clean / PGD",
+                      "trained at 4 tau: clean / PGD"]
+    assert rows[0] == ["poly kernel, degree 2, adversarial", "0.950 / 0.300", "0.900 / 0.330", "0.700 / 0.290"]
+    g = lbm.radius_sweep_glue(res)
+    assert g["lb_sw_mults"] == "2 and 4" and g["lb_sw_n"] == 4 and g["lb_sw_clean_min"] == 0.7
+    assert g["lb_sw_max_change_pts"] == pytest.approx(25.0)  # the NTK: 0.25 -> 0.5 at 4 tau
+    assert g["lb_sw_best"] == 0.5 and g["lb_sw_best_model"] == "NTK kernel, adversarial, trained at 4 tau"
+    orders = [{"linear": {"clean_acc": 0.98, "robust_acc": 0.3, "w_norm": 2.0},
+               "linear_adv": {"clean_acc": 0.7, "robust_acc": 0.45, "w_norm": 0.1}}]
+    o = lbm.orders_numbers(res, orders)  # the sweep's NTK at 4 tau is the best baseline now
+    assert o["max_baseline_robust_all"] == 0.5 and o["min_gap_all_pts"] == pytest.approx(40.0)
+    assert o["min_gap_all_model"] == "NTK kernel, adversarial, trained at 4 tau"
+    res["adv_radius_sweep"]["ntk_adv"] = sw(0.2, 0.3)[:1]
+    with pytest.raises(ValueError, match="other radii"):
+        lbm.radius_sweep_rows(res)
 
 def test_attack_strength_check_reaches_the_exact_worst_case_of_a_linear_model(data):
     dist, X, Y, xe, ye = data

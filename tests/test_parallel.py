@@ -203,3 +203,23 @@ def test_a_plain_script_is_not_rerun_by_workers(monkeypatch):
     del script.__file__  # a notebook or an interactive session
     script.__spec__ = None
     assert parallel.n_workers(3, "cpu", 24_000) == 3
+
+
+def test_the_kernels_larger_training_radii_leave_the_runs_own_models_alone():
+    from fp_helpers import lower_bounds
+
+    syn, with_sweep = _lb_tiny(models=("poly",), degrees=(2,), adv_radius_mults=(2.0, 4.0))
+    _, without = _lb_tiny(models=("poly",), degrees=(2,), adv_radius_mults=())
+    a = lower_bounds.run_lower_bounds(syn, with_sweep, device="cpu", checkpoint_dir=False, workers=1)
+    b = lower_bounds.run_lower_bounds(syn, without, device="cpu", checkpoint_dir=False, workers=1)
+    assert "adv_radius_sweep" not in b
+    for name in ("poly_2", "poly_2_adv"):
+        assert canonical(a[name]) == canonical(b[name]), name
+    sweep = a["adv_radius_sweep"]["poly_2_adv"]
+    assert [r["radius_mult"] for r in sweep] == [2.0, 4.0]
+    assert [r["train_radius"] for r in sweep] == pytest.approx([2 * syn.tau, 4 * syn.tau])
+    for r in sweep:
+        assert 0 <= r["robust_acc"] <= r["clean_acc"] <= 1
+    # a model trained at a larger radius is another model: it is measured at tau like the run's own
+    assert any(r["clean_acc"] != a["poly_2_adv"]["clean_acc"] or r["robust_acc"] != a["poly_2_adv"]["robust_acc"]
+               for r in sweep)
