@@ -1004,6 +1004,53 @@ def _off_u(t: dict) -> float:
     return t["update_rel_norm"] * max(0.0, 1.0 - t["u_share"]) ** 0.5
 
 
+def _direction_groups(res: dict) -> dict[str, list[dict]]:
+    """The groups of a ``run lowrank`` result's rank-r trainings (diverged ones left out) that the chapter describes:
+    ``all``, ``held`` (not leaking), ``leak`` (:func:`leaks`), one per optimiser and one per rank (``r1``, ...)."""
+    ok = [t for t in res["trained"] if not t.get("diverged")]
+    return {"all": ok, "held": [t for t in ok if not leaks(t)], "leak": [t for t in ok if leaks(t)],
+            **{o: [t for t in ok if t["optimiser"] == o] for o in dict.fromkeys(t["optimiser"] for t in ok)},
+            **{f"r{r}": [t for t in ok if t["rank"] == r] for r in sorted({t["rank"] for t in ok})}}
+
+
+LOWRANK_DIRECTION_HEADER = ["regime: updates", "trainings", "share of energy along u", "min |cos(top, u)|",
+                            "W u: norm / clean's", "W u: coefficient on clean's", "W u: cosine with clean's",
+                            "reversed at the end / at any logged step", "clean accuracy"]
+
+
+def lowrank_direction_rows(results: dict[str, dict], groups=(("A", ("held", "leak")), ("G", ("sgd", "adam")),
+                                                             ("Along", ("leak", "held")))) -> list[list]:
+    """Where the updates point, as a table (:data:`LOWRANK_DIRECTION_HEADER`): per regime of ``results`` named in
+    ``groups``, the full update (share along ``u``, ``|cos(top, u)|`` and coefficient; the rest is not recorded for
+    it), then each named group of rank-r trainings (:func:`_direction_groups`; an empty group is left out) with the
+    ranges of the quantities :func:`lowrank_direction_glue` glues. Ranges print as ``lo to hi``."""
+    names = {"held": "rank-r, not leaking", "leak": "rank-r, leaking", "sgd": "rank-r, SGD", "adam": "rank-r, Adam",
+             "all": "rank-r, all"}
+    rows = []
+    for L, wanted in groups:
+        if L not in results:
+            continue
+        res, label = results[L], regime_label(L)
+        sp = res["spectrum"]
+        rows.append([f"{label}: full update", 1, f"{sp['u_share']:.3f}", f"{sp['cos_top_u']:.2f}", "-",
+                     f"{sp['u_kept']:.2f}", "-", "-", f"{res['run']['adversarial']['clean_acc']:.3f}"])
+        by = _direction_groups(res)
+        for g in wanted:
+            ts = by.get(g, [])
+            if not ts:
+                continue
+            ever = sum(ever_reversed(t) for t in ts)
+            rows.append([f"{label}: {names.get(g, g)}", len(ts),
+                         _span(min(t["u_share"] for t in ts), max(t["u_share"] for t in ts), ".2f"),
+                         f"{min(t['cos_top_u'] for t in ts):.2f}",
+                         _span(min(t["u_kept_norm"] for t in ts), max(t["u_kept_norm"] for t in ts), ".2f"),
+                         _span(min(t["u_kept"] for t in ts), max(t["u_kept"] for t in ts), ".2f"),
+                         _span(min(map(_pattern_cos, ts)), max(map(_pattern_cos, ts)), ".2f"),
+                         f"{sum(t['u_kept'] < 0 for t in ts)} / {ever}",
+                         _span(min(t["clean_acc"] for t in ts), max(t["clean_acc"] for t in ts), ".3f")])
+    return rows
+
+
 def lowrank_direction_glue(results: dict[str, dict]) -> dict:
     """Where the updates of ``{letter: run lowrank result}`` point (:func:`fp_helpers.purification.update_directions`)
     and when the leaking trainings start to leak (``lrd_<letter>_<what>``): for the full update its share along
@@ -1022,10 +1069,7 @@ def lowrank_direction_glue(results: dict[str, dict]) -> dict:
         out.update({f"lrd_{L}_full_cos": sp["cos_top_u"], f"lrd_{L}_full_share": sp["u_share"],
                     f"lrd_{L}_full_kept": sp["u_kept"], f"lrd_{L}_steps": res["config"]["adv_steps"]})
         ok = [t for t in res["trained"] if not t.get("diverged")]
-        groups = {"all": ok, "held": [t for t in ok if not leaks(t)], "leak": [t for t in ok if leaks(t)],
-                  **{o: [t for t in ok if t["optimiser"] == o] for o in dict.fromkeys(t["optimiser"] for t in ok)},
-                  **{f"r{r}": [t for t in ok if t["rank"] == r] for r in sorted({t["rank"] for t in ok})}}
-        for name, group in groups.items():
+        for name, group in _direction_groups(res).items():
             out[f"lrd_{L}_{name}"] = len(group)
             if not group:
                 continue

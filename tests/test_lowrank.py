@@ -293,6 +293,22 @@ def _fake_curved_result():
             "run": {"clean": {"clean_acc": 1.0, "robust_acc": 0.37}, "adversarial": {"clean_acc": 1.0, "robust_acc": 0.99}}}
 
 
+
+def test_lowrank_direction_rows_table_each_group_with_the_glues_ranges():
+    res = _fake_curved_result()
+    rows = experiments.lowrank_direction_rows({"A": res, "G": res}, groups=(("A", ("held", "leak")),
+                                                                            ("G", ("adam", "nothing")), ("B", ("all",))))
+    assert all(len(r) == len(experiments.LOWRANK_DIRECTION_HEADER) for r in rows)
+    assert [r[0] for r in rows] == ["A: full update", "A: rank-r, not leaking", "A: rank-r, leaking", "G: full update",
+                                    "G: rank-r, Adam"]  # no group "nothing", no regime B; the diverged one left out
+    g = experiments.lowrank_direction_glue({"A": res})
+    full, held, leak = rows[0], rows[1], rows[2]
+    assert full[1:4] == [1, "0.320", "1.00"] and full[5] == "-0.10"
+    assert held[1] == g["lrd_A_held"] == 1 and held[5] == "0.15" and held[7] == "0 / 0"
+    assert leak[1] == g["lrd_A_leak"] == 2 and leak[2] == "0.80 to 0.99" and leak[5] == "-0.80 to 1.60"
+    assert leak[7] == "1 / 1"  # the reversing one at its end; the amplifying one never
+    assert leak[8] == f"{g['lrd_A_leak_clean_min']:.3f} to {g['lrd_A_leak_clean_max']:.3f}"
+
 def test_leak_onset_and_direction_glue_tell_holding_from_leaking_trainings():
     res = _fake_curved_result()
     assert [experiments.leak_onset(t) for t in res["trained"]] == [None, 200, 100, None]
