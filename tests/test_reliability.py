@@ -369,15 +369,15 @@ def test_interrupted_lower_bound_run_resumes_with_identical_numbers_and_models(t
     syn, lb = lower_bounds.lower_bounds_config("quick", [x for x in LB if x != "--set"])
     ref = lower_bounds.run_lower_bounds(syn, lb, device="cpu", keep_models=True, checkpoint_dir=False)
     real_fit, real_clean = bl.fit_kernel_adversarial, lower_bounds.train_clean
-    n = {"fits": 0}
+    n, per_kernel = {"fits": 0}, 1 + len(lb.adv_radius_mults)  # each kernel: at tau, then at the larger radii
 
-    def crash_on_second(*a, **k):
+    def crash_in_second_kernel(*a, **k):
         n["fits"] += 1
-        if n["fits"] == 2:  # during the degree-2 kernel: two_layer, linear and poly_1 are done
+        if n["fits"] == per_kernel + 1:  # during the degree-2 kernel: two_layer, linear and poly_1 are done
             raise KeyboardInterrupt
         return real_fit(*a, **k)
 
-    monkeypatch.setattr(bl, "fit_kernel_adversarial", crash_on_second)
+    monkeypatch.setattr(bl, "fit_kernel_adversarial", crash_in_second_kernel)
     with pytest.raises(KeyboardInterrupt):
         lower_bounds.run_lower_bounds(syn, lb, device="cpu", checkpoint_dir=tmp_path)
     done = sorted(p.name.split(".")[0] for p in tmp_path.glob("*/*.pt"))
