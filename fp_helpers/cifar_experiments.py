@@ -774,7 +774,9 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     ``box_only`` counts the images that the run's PGD from the image alone (one start) leaves correct and the
     same PGD with every iterate projected onto the box (:func:`fixed_pgd`, cross-entropy, same steps and step
     size, stopping at the first misclassified iterate) breaks; ``unboxed_only`` the other way round. The two
-    differ in nothing else, so ``box_only = 0`` on every model says the box handling weakened no attack here."""
+    differ in nothing else, so ``box_only = 0`` on every model says the box handling weakened no attack here.
+    Each row also keeps, per image, whether the run's PGD and the worst case left it correct (``_run``, ``_worst``,
+    boolean tensors on the CPU), for paired comparisons (:func:`worst_case_comparisons`)."""
     from .attacks import fgm, margins, pgd
 
     n = int(x.shape[0])
@@ -810,7 +812,7 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
         rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se, "ordered": bool(row_ordered),
                      "strong_only": int((run & ~strong).sum()), "run_only": int((strong & ~run).sum()),
                      "extra": int((run & ~worst).sum()), "box_only": int((first & ~boxed).sum()),
-                     "unboxed_only": int((boxed & ~first).sum())})
+                     "unboxed_only": int((boxed & ~first).sum()), "_run": run.cpu(), "_worst": worst.cpu()})
     extra = max(r["extra"] for r in rows)
     verdict = ("the run's PGD found every image that any of the three attacks broke: on these images it is as strong "
                "as the stronger attack (no attack gives a certified bound)" if extra == 0 else
@@ -824,11 +826,31 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
 
 
 
+def compare_paired(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Two models' per-image outcomes on the *same* images (``a``, ``b``: True where each is correct) compared
+    at two standard errors of the paired difference (McNemar's setting): with ``only_a`` images correct for ``a``
+    alone and ``only_b`` for ``b`` alone, the difference of accuracies is ``(only_a - only_b) / n`` with standard
+    error ``sqrt(only_a + only_b - (only_a - only_b)^2 / n) / n``. Images both get right or both get wrong do not
+    count, which is why this is sharper than :func:`compare_accuracies` (two independent samples). Returns
+    ``verdict`` ("higher than" / "lower than" / "about the same as", ``a`` against ``b``), ``only_a``, ``only_b``,
+    ``diff`` and ``se``."""
+    a, b = a.bool().flatten(), b.bool().flatten()
+    if a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"a and b must be per-image outcomes on the same images, got {a.numel()} and {b.numel()}")
+    n, only_a, only_b = a.numel(), int((a & ~b).sum()), int((~a & b).sum())
+    diff = (only_a - only_b) / n
+    se = math.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n
+    verdict = "about the same as" if abs(diff) <= 2 * se else ("higher than" if diff > 0 else "lower than")
+    return {"verdict": verdict, "only_a": only_a, "only_b": only_b, "diff": diff, "se": se}
+
+
 def worst_case_comparisons(check: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     """The chapter's comparisons of two models, with the run's PGD and with the worst case of
-    :func:`attack_strength`'s attacks (``check``, its output; models named by their labels there): per pair
-    ``(a, b)``, both accuracies of each, :func:`compare_accuracies` of ``a`` against ``b`` under each (two
-    standard errors of ``check["n"]`` images) and ``same`` (whether the two verdicts agree)."""
+    :func:`attack_strength`'s attacks (``check``, its output; models named by their labels there). The models
+    were attacked on the same images, so each comparison is paired (:func:`compare_paired`): per pair ``(a, b)``,
+    both accuracies of each, the verdict of ``a`` against ``b`` under each (``cmp_run``, ``cmp_worst``), the images
+    only ``a`` / only ``b`` keeps under each (``only_a_run``, ``only_b_run``, ``only_a_worst``, ``only_b_worst``)
+    and ``same`` (whether the two verdicts agree)."""
     rows = {r["model"]: r for r in check["rows"]}
     missing = sorted({m for pair in pairs for m in pair} - set(rows))
     if missing:
@@ -836,10 +858,11 @@ def worst_case_comparisons(check: dict, pairs: list[tuple[str, str]]) -> list[di
     out = []
     for a, b in pairs:
         ra, rb = rows[a], rows[b]
-        run = compare_accuracies(ra["pgd_run"], rb["pgd_run"], check["n"])
-        worst = compare_accuracies(ra["worst"], rb["worst"], check["n"])
+        run, worst = compare_paired(ra["_run"], rb["_run"]), compare_paired(ra["_worst"], rb["_worst"])
         out.append({"a": a, "b": b, "pgd_a": ra["pgd_run"], "pgd_b": rb["pgd_run"], "worst_a": ra["worst"],
-                    "worst_b": rb["worst"], "cmp_run": run, "cmp_worst": worst, "same": run == worst})
+                    "worst_b": rb["worst"], "cmp_run": run["verdict"], "cmp_worst": worst["verdict"],
+                    "only_a_run": run["only_a"], "only_b_run": run["only_b"], "only_a_worst": worst["only_a"],
+                    "only_b_worst": worst["only_b"], "same": run["verdict"] == worst["verdict"]})
     return out
 
 def cosine_bounds(result: dict) -> dict:

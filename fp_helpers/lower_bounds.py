@@ -666,12 +666,13 @@ def radius_sweep_glue(result: dict) -> dict:
             "lb_sw_n": len(flat), "lb_sw_net": result["two_layer_adv"]["robust_acc"] if "two_layer_adv" in result
             else float("nan")}
 
-def training_attack_check(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig, names) -> dict:
+def training_attack_check(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig, names,
+                          radius: float | None = None) -> dict:
     """How much the baselines' adversarial training can change them: for each model of ``names`` (clean fits of a
     ``keep_models=True`` result), its accuracy on its own training points (:func:`training_set`) and under the
-    training attack of the adversarial refits (PGD with ``lb.adv_attack_steps`` steps from each point, at ``tau``):
-    ``{name: {"train_acc", "train_pgd_acc"}}``. A model that keeps most training points under that attack gets
-    mostly unchanged points to refit on."""
+    training attack of the adversarial refits (PGD with ``lb.adv_attack_steps`` steps from each point, at ``radius``,
+    default ``tau``): ``{name: {"train_acc", "train_pgd_acc"}}``. A model that keeps most training points under that
+    attack gets mostly unchanged points to refit on."""
     missing = [n for n in names if n not in result.get("_models", {})]
     if missing or "_setup" not in result:
         raise ValueError(f"no model {', '.join(map(repr, missing)) or '(no setup)'} in the result; allowed: "
@@ -679,7 +680,31 @@ def training_attack_check(result: dict, syn: SyntheticConfig, lb: LowerBoundConf
     X, Y = training_set(result["_setup"], syn, lb)
     spec = AttackSpec("pgd", syn.norm, lb.adv_attack_steps, 1)
     return {name: {"train_acc": accuracy(result["_models"][name], X, Y),
-                   "train_pgd_acc": robust_accuracy(result["_models"][name], X, Y, syn.tau, spec)} for name in names}
+                   "train_pgd_acc": robust_accuracy(result["_models"][name], X, Y, syn.tau if radius is None else radius,
+                                                    spec)} for name in names}
+
+
+def _clean_kernels(result: dict) -> tuple[list[int], list[str]]:
+    """The degrees (2 and above) of a result's clean polynomial kernel fits, and those fits' names with the NTK's."""
+    names = model_names(result)
+    degs = sorted(int(n.split("_")[1]) for n in names if n.startswith("poly_") and not n.endswith("_adv") and n != "poly_1")
+    return degs, [f"poly_{p}" for p in degs] + (["ntk"] if "ntk" in names else [])
+
+
+def sweep_training_attack_glue(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig) -> dict:
+    """Whether the larger training radii of the sweep (``lb.adv_radius_mults``) give the training attack room: at
+    each multiple of ``tau``, the largest share of their own training points that the clean kernel fits of degree
+    2 and above and of the NTK keep under it (``lb_sw_tr_max``, over kernels and multiples) and the affine
+    kernel's (``lb_sw_tr_deg1_max``), beside the smallest share kept at ``tau`` itself (``lb_sw_tr_tau_min``)."""
+    if not lb.adv_radius_mults:
+        raise ValueError("lb.adv_radius_mults is empty: the run has no larger training radii")
+    _, kernels = _clean_kernels(result)
+    at = {m: training_attack_check(result, syn, lb, kernels + ["poly_1"], radius=m * syn.tau)
+          for m in lb.adv_radius_mults}
+    tau = training_attack_check(result, syn, lb, kernels)
+    return {"lb_sw_tr_max": max(at[m][n]["train_pgd_acc"] for m in at for n in kernels),
+            "lb_sw_tr_deg1_max": max(at[m]["poly_1"]["train_pgd_acc"] for m in at),
+            "lb_sw_tr_tau_min": min(tau[n]["train_pgd_acc"] for n in kernels)}
 
 
 def training_attack_glue(result: dict, syn: SyntheticConfig, lb: LowerBoundConfig) -> dict:
@@ -689,9 +714,7 @@ def training_attack_glue(result: dict, syn: SyntheticConfig, lb: LowerBoundConfi
     point (``all_of``), their degrees as text (``degrees``), and the affine kernel's two accuracies (``deg1_*``)."""
     from .experiments import count_words
 
-    names = model_names(result)
-    degs = sorted(int(n.split("_")[1]) for n in names if n.startswith("poly_") and not n.endswith("_adv") and n != "poly_1")
-    kernels = [f"poly_{p}" for p in degs] + (["ntk"] if "ntk" in names else [])
+    degs, kernels = _clean_kernels(result)
     tr = training_attack_check(result, syn, lb, kernels + ["poly_1"])
     return {"lb_tr_acc_min": min(tr[n]["train_acc"] for n in kernels),
             "lb_tr_pgd_min": min(tr[n]["train_pgd_acc"] for n in kernels),

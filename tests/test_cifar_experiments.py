@@ -526,17 +526,43 @@ def test_attack_strength_box_check_finds_an_l2_budget_spent_outside_the_images()
     assert r["ordered"] and out["ordered"]  # FGSM = run's PGD here, and the box-aware strong attack is below both
 
 
-def test_worst_case_comparisons_redo_the_two_standard_error_verdicts_under_the_worst_case():
-    from fp_helpers.cifar_experiments import compare_accuracies, worst_case_comparisons
+def test_paired_comparison_counts_only_the_images_the_two_models_disagree_on():
+    from fp_helpers.cifar_experiments import compare_accuracies, compare_paired
 
-    row = lambda m, run, worst: {"model": m, "pgd_run": run, "worst": worst}
-    check = {"n": 1000, "rows": [row("c", 0.30, 0.22), row("b", 0.25, 0.24), row("d", 0.31, 0.29)]}
-    out = worst_case_comparisons(check, [("c", "b"), ("d", "c")])
-    cb, dc = out
-    assert cb["cmp_run"] == compare_accuracies(0.30, 0.25, 1000) == "higher than"
-    assert cb["cmp_worst"] == "about the same as" and not cb["same"]  # the gap was the attack's
-    assert dc["cmp_run"] == "about the same as" and dc["cmp_worst"] == "higher than" and not dc["same"]
-    assert (cb["pgd_a"], cb["worst_b"]) == (0.30, 0.24)
+    n = 1000
+    a = torch.zeros(n, dtype=torch.bool)
+    b = torch.zeros(n, dtype=torch.bool)
+    a[:230], b[:200] = True, True  # b's correct images are a subset of a's: 30 discordant, all for a
+    p = compare_paired(a, b)
+    assert (p["only_a"], p["only_b"], p["diff"]) == (30, 0, pytest.approx(0.03))
+    assert p["se"] == pytest.approx(math.sqrt(30 - 900 / n) / n)
+    assert p["verdict"] == "higher than" and compare_accuracies(0.23, 0.20, n) == "about the same as"
+    c = b.clone()
+    c[200:210], c[:10] = True, False  # same accuracy as b, 20 discordant images
+    assert compare_paired(b, c)["verdict"] == "about the same as" and compare_paired(c, c)["se"] == 0.0
+    assert compare_paired(b, a)["verdict"] == "lower than"
+    with pytest.raises(ValueError, match="same images"):
+        compare_paired(a, b[:10])
+
+
+def test_worst_case_comparisons_redo_the_paired_verdicts_under_the_worst_case():
+    from fp_helpers.cifar_experiments import compare_paired, worst_case_comparisons
+
+    n = 1000
+    def mask(k, offset=0):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[offset:offset + k] = True
+        return m
+    row = lambda m, run, worst: {"model": m, "pgd_run": run.float().mean().item(), "worst": worst.float().mean().item(),
+                                 "_run": run, "_worst": worst}
+    # c beats b clearly under the run's PGD; under the worst case c loses the images it alone kept
+    check = {"n": n, "rows": [row("c", mask(300), mask(220)), row("b", mask(250), mask(240)),
+                              row("d", mask(310), mask(290))]}
+    cb, dc = worst_case_comparisons(check, [("c", "b"), ("d", "c")])
+    assert cb["cmp_run"] == "higher than" and cb["cmp_worst"] == "lower than" and not cb["same"]
+    assert (cb["only_a_run"], cb["only_b_run"], cb["only_a_worst"], cb["only_b_worst"]) == (50, 0, 0, 20)
+    assert dc["cmp_worst"] == compare_paired(mask(290), mask(220))["verdict"] == "higher than"
+    assert (cb["pgd_a"], cb["worst_b"]) == (pytest.approx(0.30), pytest.approx(0.24))
     assert worst_case_comparisons(check, [("b", "b")])[0]["same"]
     with pytest.raises(ValueError, match="no model x"):
         worst_case_comparisons(check, [("c", "x")])

@@ -543,3 +543,10 @@ def test_training_attack_check_attacks_the_runs_own_training_points(data):
     assert g["lb_tr_degrees"] == "2 to 3" and g["lb_tr_deg1_pgd"] == out["train_pgd_acc"]
     assert g["lb_tr_pgd_min"] == out["train_pgd_acc"] and g["lb_tr_acc_min"] == out["train_acc"]
     assert g["lb_tr_all_of"] == ("all 3" if out["train_pgd_acc"] == 1.0 else "none of the 3")
+    # the larger training radii: PGD is exact for the linear stand-ins, so the shares are the exact robust accuracies
+    sw = lbm.sweep_training_attack_glue(res, syn, replace(lb, adv_radius_mults=(2.0, 4.0)))
+    exact = lambda r: bl.linear_exact_robust_accuracy(best, X, Y, r)  # noqa: E731
+    assert sw["lb_sw_tr_deg1_max"] == pytest.approx(exact(0.6)) and sw["lb_sw_tr_tau_min"] == pytest.approx(exact(0.3))
+    assert sw["lb_sw_tr_max"] == pytest.approx(exact(0.6)) and exact(1.2) <= exact(0.6) <= exact(0.3)
+    with pytest.raises(ValueError, match="adv_radius_mults is empty"):
+        lbm.sweep_training_attack_glue(res, syn, replace(lb, adv_radius_mults=()))
