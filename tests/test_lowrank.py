@@ -377,13 +377,19 @@ def test_lowrank_study_glue_quotes_the_best_rank_and_where_the_updates_point():
     assert abs(g["at_lr_trunc1_ushare"] - g["at_lr_cos_top_u"] ** 2) < 1e-5
 
 
-def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
+def _fake_replicates():
+    """Two seeds (0, 1) of :func:`_fake_curved_result`, the second with a better full update (0.95)."""
     a, b = _fake_curved_result(), _fake_curved_result()
     for res, seed in ((a, 0), (b, 1)):
         res["config"] = {"adv_steps": 200, "seed": seed}
         res["truncated"] = [{"rank": 1, "clean_acc": 0.85, "robust_acc": 0.28, "energy_share": 0.32}]
         res["principle_holds_fraction"], res["spectrum"]["relative_size"] = 0.1, 1.0
     b["run"]["adversarial"]["robust_acc"] = 0.95
+    return a, b
+
+
+def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
+    a, b = _fake_replicates()
     b["trained"][1]["fgm_acc"] = 0.40  # seed 1: the reversing training no longer leaks (FGM below clean)
     b["trained"][0]["robust_acc"] = 0.50  # ... and one training ends above the clean network's PGD (0.37)
     g = experiments.lowrank_seed_glue([a, b], "A")
@@ -413,12 +419,7 @@ def test_lowrank_seed_glue_and_rows_summarise_the_replicates_of_a_regime():
 
 
 def test_lowrank_seed_findings_put_the_regimes_side_by_side():
-    a, b = _fake_curved_result(), _fake_curved_result()
-    for res, seed in ((a, 0), (b, 1)):
-        res["config"] = {"adv_steps": 200, "seed": seed}
-        res["truncated"] = [{"rank": 1, "clean_acc": 0.85, "robust_acc": 0.28, "energy_share": 0.32}]
-        res["principle_holds_fraction"], res["spectrum"]["relative_size"] = 0.1, 1.0
-    b["run"]["adversarial"]["robust_acc"] = 0.95
+    a, b = _fake_replicates()
     g = experiments.lowrank_seed_glue([a, b], "A")
     no_leak = {"lrs_G_seeds": "0", "lrs_G_trainings": 18, "lrs_G_leak_list": "0", "lrs_G_leak_every_seed": 0,
                "lrs_G_leak_any_seed": 0, "lrs_G_ever_reversed_of": "none of the 18"}
