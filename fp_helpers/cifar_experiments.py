@@ -865,6 +865,108 @@ def worst_case_comparisons(check: dict, pairs: list[tuple[str, str]]) -> list[di
                     "only_b_worst": worst["only_b"], "same": run["verdict"] == worst["verdict"]})
     return out
 
+ATTACK_CHECK_KEYS = ("clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "<best low rank>", "bn_only")
+
+
+def attack_check(result: dict, cfg: CifarConfig, labels: dict, x: torch.Tensor, y: torch.Tensor,
+                 n_check: int = 2000, strong_steps: int = 100, strong_restarts: int = 2) -> dict:
+    """The chapter's attack check of a (loaded) run: :func:`attack_strength` on the first ``n_check`` of the images
+    ``x, y``, in the run's norm for the models the chapter compares (:data:`ATTACK_CHECK_KEYS`, the best low-rank
+    run by the run's PGD in place of ``<best low rank>``; those the run has) and in the other norm for (a) and
+    (c''). ``labels``: experiment key -> the label the chapter shows. Returns ``{"main", "other"}`` (the two
+    checks), ``keys`` (the main check's experiment keys, in its rows' order), ``best_lr`` and ``n_test``."""
+    if not isinstance(n_check, int) or n_check < 1:
+        raise ValueError(f"n_check must be a positive int, got {n_check!r}")
+    best_lr = f"lowrank_{lowrank_summary(result)['best']['rank']}"
+    keys = [best_lr if k == "<best low rank>" else k for k in ATTACK_CHECK_KEYS]
+    keys = [k for k in keys if k in result["_models"]]
+    xs, ys = x[:n_check], y[:n_check]
+    main = attack_strength({labels[k]: result["_models"][k] for k in keys}, xs, ys, cfg, strong_steps, strong_restarts)
+    other = attack_strength({labels[k]: result["_models"][k] for k in ("clean", "adv_from_clean_other")}, xs, ys, cfg,
+                            strong_steps, strong_restarts, norm=cfg.other_norm, eps=cfg.other_radius)
+    return {"main": main, "other": other, "keys": keys, "best_lr": best_lr, "n_test": int(result["n_test"])}
+
+
+ATTACK_CHECK_HEADER = ["model", "norm, radius", "clean", "FGSM", "run's PGD", "stronger PGD", "worst case of the three",
+                       "images only the stronger PGD breaks / only the run's", "images the worst case adds",
+                       "box check: only projected breaks / only ours"]
+
+
+def attack_check_rows(check: dict) -> list[list]:
+    """The table of :func:`attack_check` (:data:`ATTACK_CHECK_HEADER`): one row per model and norm."""
+    from .cifar_train import format_radius
+
+    return [[r["model"], f"{r['norm']} {format_radius(r['eps'], r['norm'])}", r["clean"], r["fgsm"], r["pgd_run"],
+             r["strong"], r["worst"], f"{r['strong_only']} / {r['run_only']}", r["extra"],
+             f"{r['box_only']} / {r['unboxed_only']}"] for r in check["main"]["rows"] + check["other"]["rows"]]
+
+
+def attack_check_glue(check: dict) -> dict:
+    """What the CIFAR-10 chapter states about :func:`attack_check` (``cf_as_*``; ``cf_as2_*`` for the other norm):
+    the image count (``n``, ``n_text``), the attacks' verdicts and orderings (per model where they fail:
+    ``order_text``), the largest drop to the worst case and its model (``gap*``), the box check, and for (a) and
+    (c) (``a``, ``c``; in the other norm (a) and (c'')) every accuracy and paired count of their rows."""
+    main, other = check["main"], check["other"]
+    rows = main["rows"] + other["rows"]
+    by_key = dict(zip(check["keys"], main["rows"]))
+    n = main["n"]
+    out = {"cf_as_n": f"{n:,}", "cf_as_n_text": f"all {n:,}" if n == check["n_test"] else
+           f"the first {n:,} of the {check['n_test']:,}", "cf_as_strong": main["strong"],
+           "cf_as_verdict": main["verdict"], "cf_as2_verdict": other["verdict"], "cf_as_n_models": len(rows),
+           "cf_as_ordered": "holds" if main["ordered"] else "does not hold",
+           "cf_as2_ordered": "holds" if other["ordered"] else "does not hold"}
+    unordered = [r for r in rows if not r["ordered"]]
+    out["cf_as_order_text"] = ("holds for every model in both norms" if not unordered else "holds for every model but "
+                               + "; ".join(f"{r['model']} in {r['norm']} (FGSM {r['fgsm']:.3f}, run's PGD "
+                                           f"{r['pgd_run']:.3f}, stronger PGD {r['strong']:.3f})" for r in unordered))
+    gap_row = max(main["rows"], key=lambda r: r["pgd_run"] - r["worst"])
+    out.update({"cf_as_gap_model": gap_row["model"], "cf_as_gap_pgd": gap_row["pgd_run"],
+                "cf_as_gap_worst": gap_row["worst"], "cf_as_gap": main["max_gap"], "cf_as2_gap": other["max_gap"],
+                "cf_as_se": by_key["adv_from_clean"]["se_pgd_run"], "cf_as_extra": main["max_extra"],
+                "cf_as2_extra": other["max_extra"]})
+    ca, cc, (ca2, cc2) = by_key["clean"], by_key["adv_from_clean"], other["rows"]
+    for k in ("strong_only", "run_only", "extra", "clean", "fgsm", "pgd_run", "strong", "worst"):
+        out.update({f"cf_as_a_{k}": ca[k], f"cf_as_c_{k}": cc[k], f"cf_as2_a_{k}": ca2[k], f"cf_as2_c_{k}": cc2[k]})
+    box, unbox = (sum(r[k] for r in rows) for k in ("box_only", "unboxed_only"))
+    out.update({"cf_as_box": box, "cf_as_unbox": unbox, "cf_as_box_verdict":
+                "changes no image: on these models the clipping costs the attack nothing measurable"
+                if box == 0 and unbox == 0 else f"changes {box + unbox} images (projecting breaks {box} more, {unbox} fewer)"})
+    return out
+
+
+COMPARISON_HEADER = ["model A", "model B", "run's PGD: A, B", "images only A / only B keeps", "A is ... B",
+                     "worst case: A, B", "images only A / only B keeps ", "A is ... B (worst case)"]
+
+
+def attack_check_comparisons(check: dict, labels: dict) -> tuple[list[dict], dict, list[list]]:
+    """Four of the chapter's comparisons redone image by image (:func:`worst_case_comparisons` on the main check of
+    :func:`attack_check`): (c') and (b) against (c), the best low-rank run against (c) and against batch norm alone
+    (when the run has it). Returns the comparisons, their glue (``cf_as_cmp_*``: each verdict under the worst case,
+    how many change, as text; the best low-rank run's and batch norm's PGD accuracy as a share of (c)'s under the
+    worst case, ``cf_as_lr_share_worst``, ``cf_as_bn_share_worst``) and the table rows (:data:`COMPARISON_HEADER`)."""
+    keys, best_lr = check["keys"], check["best_lr"]
+    c = labels["adv_from_clean"]
+    pairs = [(labels["adv_from_clean_pgd"], c), (labels["adv_scratch"], c), (labels[best_lr], c)]
+    if "bn_only" in keys:
+        pairs.append((labels[best_lr], labels["bn_only"]))
+    cmps = worst_case_comparisons(check["main"], pairs)
+    by = {(x["a"], x["b"]): x for x in cmps}
+    glue = {f"cf_as_cmp_{name}_worst": by[(labels[key], c)]["cmp_worst"]
+            for name, key in (("pgd", "adv_from_clean_pgd"), ("scratch", "adv_scratch"), ("lowrank", best_lr))}
+    glue["cf_as_cmp_bn_worst"] = by[(labels[best_lr], labels["bn_only"])]["cmp_worst"] if "bn_only" in keys \
+        else "not compared"
+    glue.update({"cf_as_cmp_n": len(cmps), "cf_as_cmp_changed": sum(not x["same"] for x in cmps),
+                 "cf_as_cmp_changed_text": "none changes its verdict" if all(x["same"] for x in cmps) else
+                 "the verdict changes for " + "; ".join(f"{x['a']} against {x['b']} ({x['cmp_run']} -> "
+                                                        f"{x['cmp_worst']})" for x in cmps if not x["same"])})
+    w = {r["model"]: r["worst"] for r in check["main"]["rows"]}
+    glue["cf_as_lr_share_worst"] = w[labels[best_lr]] / max(w[c], 1e-9)
+    glue["cf_as_bn_share_worst"] = w[labels["bn_only"]] / max(w[c], 1e-9) if "bn_only" in keys else float("nan")
+    rows = [[x["a"], x["b"], f"{x['pgd_a']:.3f}, {x['pgd_b']:.3f}", f"{x['only_a_run']} / {x['only_b_run']}",
+             x["cmp_run"], f"{x['worst_a']:.3f}, {x['worst_b']:.3f}", f"{x['only_a_worst']} / {x['only_b_worst']}",
+             x["cmp_worst"]] for x in cmps]
+    return cmps, glue, rows
+
 def cosine_bounds(result: dict) -> dict:
     """How much of the high cosine between (c) and the clean weights the relative change alone forces: if
     ``||W - W_clean|| <= r ||W_clean||`` then the angle's sine is at most ``r``, so ``cos >= sqrt(1 - r^2)``

@@ -566,3 +566,43 @@ def test_worst_case_comparisons_redo_the_paired_verdicts_under_the_worst_case():
     assert worst_case_comparisons(check, [("b", "b")])[0]["same"]
     with pytest.raises(ValueError, match="no model x"):
         worst_case_comparisons(check, [("c", "x")])
+
+def test_attack_check_runs_the_chapters_models_and_glues_what_its_rows_say():
+    from fp_helpers.cifar_experiments import (ATTACK_CHECK_HEADER, COMPARISON_HEADER, attack_check,
+                                              attack_check_comparisons, attack_check_glue, attack_check_rows)
+
+    cfg = cifar_config("quick", ["eps=0.1"])
+    res = _fake_result()
+    keys = ["clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "lowrank_4", "bn_only",
+            "adv_from_clean_other"]
+    res["_models"] = {k: _toy_model(seed=i) for i, k in enumerate(keys)}
+    res["n_test"] = 48
+    labels = {k: f"model {k}" for k in keys}
+    x, y = _toy_batch(res["_models"]["adv_from_clean"], n=48)
+    check = attack_check(res, cfg, labels, x, y, n_check=40, strong_steps=5, strong_restarts=1)
+    assert check["best_lr"] == "lowrank_4"  # ranks 4 and 8 tie at 0.18: the smaller rank
+    assert check["keys"] == keys[:6] and check["main"]["n"] == 40 and check["other"]["norm"] == "l2"
+    rows = attack_check_rows(check)
+    assert len(rows) == 8 and all(len(r) == len(ATTACK_CHECK_HEADER) for r in rows)
+    assert rows[0][1] == "linf 0.1" and rows[-1][0] == "model adv_from_clean_other" and rows[-1][1] == "l2 0.5"
+    g = attack_check_glue(check)
+    c_row = check["main"]["rows"][2]
+    assert g["cf_as_n_text"] == "the first 40 of the 48" and g["cf_as_n"] == "40" and g["cf_as_n_models"] == 8
+    assert (g["cf_as_c_worst"], g["cf_as_c_pgd_run"]) == (c_row["worst"], c_row["pgd_run"])
+    assert g["cf_as2_c_worst"] == check["other"]["rows"][1]["worst"]
+    assert g["cf_as_gap"] == check["main"]["max_gap"] == max(r["pgd_run"] - r["worst"] for r in check["main"]["rows"])
+    assert ("holds for every model in both norms" == g["cf_as_order_text"]) == all(
+        r["ordered"] for r in check["main"]["rows"] + check["other"]["rows"])
+    cmps, cg, crows = attack_check_comparisons(check, labels)
+    assert len(cmps) == len(crows) == 4 and all(len(r) == len(COMPARISON_HEADER) for r in crows)
+    assert cmps[3]["a"] == "model lowrank_4" and cmps[3]["b"] == "model bn_only"
+    w = {r["model"]: r["worst"] for r in check["main"]["rows"]}
+    assert cg["cf_as_lr_share_worst"] == pytest.approx(w["model lowrank_4"] / max(w["model adv_from_clean"], 1e-9))
+    assert cg["cf_as_cmp_changed"] == sum(not c["same"] for c in cmps)
+    del res["_models"]["bn_only"]  # a run without the batch-norm control: three comparisons
+    check = attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1)
+    assert attack_check_glue(check)["cf_as_n_text"] == "all 48"
+    cmps, cg, _ = attack_check_comparisons(check, labels)
+    assert len(cmps) == 3 and cg["cf_as_cmp_bn_worst"] == "not compared" and math.isnan(cg["cf_as_bn_share_worst"])
+    with pytest.raises(ValueError, match="n_check"):
+        attack_check(res, cfg, labels, x, y, n_check=0)
