@@ -113,15 +113,17 @@ def lower_bounds_config(profile: str | None = None, overrides=None, seed: int | 
 
 
 def evaluate_model(model, x, y, xc, yc, tau: float, spec: AttackSpec, radii, curve_spec: AttackSpec,
-                   seed: int) -> dict:
-    """Clean accuracy, PGD robust accuracy at ``tau`` and the nested robust curve; exact numbers for linear."""
+                   seed: int, curve: bool = True) -> dict:
+    """Clean accuracy, PGD robust accuracy at ``tau`` and (``curve``) the nested robust curve; exact numbers for
+    linear. The curve is attacked after ``tau``, so leaving it out changes no other number."""
     g = torch.Generator(device=x.device).manual_seed(seed)
-    out = {"clean_acc": accuracy(model, x, y),
-           "robust_acc": robust_accuracy(model, x, y, tau, spec, generator=g),
-           "curve": robust_curve_nested(model, xc, yc, radii, curve_spec, generator=g)}
+    out = {"clean_acc": accuracy(model, x, y), "robust_acc": robust_accuracy(model, x, y, tau, spec, generator=g)}
+    if curve:
+        out["curve"] = robust_curve_nested(model, xc, yc, radii, curve_spec, generator=g)
     if isinstance(model, bl.LinearModel):
         out["exact_robust_acc"] = bl.linear_exact_robust_accuracy(model, x, y, tau, spec.norm)
-        out["exact_curve"] = [bl.linear_exact_robust_accuracy(model, xc, yc, float(r), spec.norm) for r in radii]
+        if curve:
+            out["exact_curve"] = [bl.linear_exact_robust_accuracy(model, xc, yc, float(r), spec.norm) for r in radii]
     return out
 
 
@@ -142,20 +144,11 @@ class _Context:
     spec: AttackSpec
     curve_spec: AttackSpec
 
-    def evaluate_at_tau(self, model) -> dict:
-        """Clean and PGD accuracy at ``tau`` on the held-out points, as :meth:`evaluate` measures them (same
-        points, attack and generator seed, so the same numbers), without the curve."""
-        syn, lb, s = self.syn, self.lb, self.s
-        x, y = s.x_eval[: lb.lb_eval_n], s.y_eval[: lb.lb_eval_n]
-        g = torch.Generator(device=x.device).manual_seed(syn.seed + 50_000)
-        return {"clean_acc": accuracy(model, x, y), "robust_acc": robust_accuracy(model, x, y, syn.tau, self.spec,
-                                                                                 generator=g)}
-
-    def evaluate(self, model) -> dict:
+    def evaluate(self, model, curve: bool = True) -> dict:
         syn, lb, s = self.syn, self.lb, self.s
         return evaluate_model(model, s.x_eval[: lb.lb_eval_n], s.y_eval[: lb.lb_eval_n], s.x_eval[: lb.curve_n],
                               s.y_eval[: lb.curve_n], syn.tau, self.spec, [float(r) for r in lb.lb_radii],
-                              self.curve_spec, syn.seed + 50_000)
+                              self.curve_spec, syn.seed + 50_000, curve=curve)
 
 
 def training_set(s, syn: SyntheticConfig, lb: LowerBoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +250,7 @@ def _fit_stage(c: _Context, unit: str, init_net: TwoLayerNet | None, seed: int |
             t = time.perf_counter()
             m = bl.fit_kernel_adversarial(kernel, X, Y, mult * syn.tau, syn.norm, lb.ridge, lb.adv_rounds,
                                           lb.adv_attack_steps, gen)
-            sweep.append({"radius_mult": float(mult), "train_radius": mult * syn.tau, **c.evaluate_at_tau(m),
+            sweep.append({"radius_mult": float(mult), "train_radius": mult * syn.tau, **c.evaluate(m, curve=False),
                           "train_seconds": round(time.perf_counter() - t, 2)})
         out["sweep"] = {unit + "_adv": sweep}
     return out
