@@ -755,7 +755,8 @@ def standard_error(acc: float, n: int) -> float:
 
 
 def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, strong_steps: int = 100,
-                    strong_restarts: int = 3, norm: str | None = None, eps: float | None = None) -> dict:
+                    strong_restarts: int = 3, norm: str | None = None, eps: float | None = None,
+                    autoattack: dict | None = None) -> dict:
     """How strong the run's evaluation attack is, on the images ``x``, in ``norm`` at radius ``eps`` (default: the
     run's, ``cfg.norm`` and ``cfg.radius``; pass ``cfg.other_norm, cfg.other_radius`` for (c'')): per model of
     ``models`` (label -> model),
@@ -765,7 +766,7 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     :func:`fixed_pgd`), and the worst case over all three per image. The attacks run on the same images, so they
     are compared image by image: per model, ``strong_only`` (images the stronger PGD breaks and the run's PGD does
     not), ``run_only`` (the other way) and ``extra`` (images the worst case breaks that the run's PGD left
-    correct). ``ordered`` is True when, for every model, FGSM >= run's PGD and the stronger attack is not above the
+    correct). ``ordered`` is True when, for every model, FGSM >= run's PGD and the stronger attacks are not above the
     run's PGD (per model: its row's ``ordered``); ``max_gap`` is the largest drop from the run's PGD to the worst case, ``max_extra`` the largest
     ``extra``.
 
@@ -776,7 +777,11 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     size, stopping at the first misclassified iterate) breaks; ``unboxed_only`` the other way round. The two
     differ in nothing else, so ``box_only = 0`` on every model says the box handling weakened no attack here.
     Each row also keeps, per image, whether the run's PGD and the worst case left it correct (``_run``, ``_worst``,
-    boolean tensors on the CPU), for paired comparisons (:func:`worst_case_comparisons`)."""
+    boolean tensors on the CPU), for paired comparisons (:func:`worst_case_comparisons`).
+
+    ``autoattack`` (model name -> boolean tensor, per image: still correct under AutoAttack, see :func:`autoattack`)
+    adds AutoAttack to the attacks: its accuracy (``autoattack``; None without it), the images it alone breaks
+    (``aa_only``: every other attack left them correct), and its outcome in the worst case."""
     from .attacks import fgm, margins, pgd
 
     n = int(x.shape[0])
@@ -799,30 +804,36 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
             _, broken = fixed_pgd(m, x[idx], y[idx], eps, norm, strong_steps, loss="margin", random_start=r > 0,
                                   generator=g, stop_when_broken=True)
             strong[idx[broken]] = False
-        worst = correct & fg & run & strong
+        aa = None if autoattack is None else autoattack[label].to(correct.device)
+        worst = correct & fg & run & strong & (aa if aa is not None else True)
         first = margins(m, pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, restarts=1, clip=(0.0, 1.0)), y) > 0
         _, box_broken = fixed_pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, loss="ce", stop_when_broken=True)
         boxed = correct & ~box_broken
         acc = {k: v.float().mean().item() for k, v in
                (("clean", correct), ("fgsm", fg), ("pgd_run", run), ("strong", strong), ("worst", worst))}
+        acc["autoattack"] = aa.float().mean().item() if aa is not None else None
+        aa_only = int((correct & fg & run & strong & ~aa).sum()) if aa is not None else None
         se = standard_error(acc["pgd_run"], n)
-        row_ordered = acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"]
+        row_ordered = (acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"]
+                       and (aa is None or acc["autoattack"] <= acc["pgd_run"]))
         ordered &= row_ordered
         gaps.append(acc["pgd_run"] - acc["worst"])
         rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se, "ordered": bool(row_ordered),
                      "strong_only": int((run & ~strong).sum()), "run_only": int((strong & ~run).sum()),
-                     "extra": int((run & ~worst).sum()), "box_only": int((first & ~boxed).sum()),
+                     "extra": int((run & ~worst).sum()), "aa_only": aa_only, "box_only": int((first & ~boxed).sum()),
                      "unboxed_only": int((boxed & ~first).sum()), "_run": run.cpu(), "_worst": worst.cpu()})
     extra = max(r["extra"] for r in rows)
-    verdict = ("the run's PGD found every image that any of the three attacks broke: on these images it is as strong "
-               "as the stronger attack (no attack gives a certified bound)" if extra == 0 else
+    n_attacks = "three" if autoattack is None else "four"
+    verdict = (f"the run's PGD found every image that any of the {n_attacks} attacks broke: on these images it is as "
+               "strong as the stronger attacks (no attack gives a certified bound)" if extra == 0 else
                f"the stronger attacks broke up to {extra} of {n} images that the run's PGD left correct (paired, on the "
                f"same images): the run's PGD accuracies overstate robustness, by up to {max(gaps):.3f} here")
     return {"n": n, "norm": norm, "eps": eps, "rows": rows, "ordered": bool(ordered), "max_gap": max(gaps),
             "max_extra": extra, "verdict": verdict, "max_box_only": max(r["box_only"] for r in rows),
             "fgsm": f"FGSM, {norm}, one step of eps",
             "pgd_run": f"PGD-{cfg.eval_pgd_steps} x{cfg.eval_restarts}, cross-entropy (the run's evaluation)",
-            "strong": f"PGD-{strong_steps} x{strong_restarts}, margin (CW) loss"}
+            "strong": f"PGD-{strong_steps} x{strong_restarts}, margin (CW) loss", "n_attacks": n_attacks,
+            "autoattack": None if autoattack is None else "AutoAttack"}
 
 
 
@@ -868,27 +879,173 @@ def worst_case_comparisons(check: dict, pairs: list[tuple[str, str]]) -> list[di
 ATTACK_CHECK_KEYS = ("clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "<best low rank>", "bn_only")
 
 
+ATTACK_CHECK_N = 2000  # the attack check's cap on images: all of the CPU subset's test images, a fifth of the full test set
+
+
+def attack_check_keys(result: dict) -> tuple[list[str], list[str], str]:
+    """The models of the chapter's attack check in ``result`` (a loaded run, or a saved run's numbers): the experiment
+    keys checked in the run's norm (:data:`ATTACK_CHECK_KEYS`, the best low-rank run by the run's PGD in place of
+    ``<best low rank>``; those the run has), those checked in the other norm ((a) and (c'')), and the best low-rank
+    run's key."""
+    best_lr = f"lowrank_{lowrank_summary(result)['best']['rank']}"
+    have = result["experiments"]
+    keys = [best_lr if k == "<best low rank>" else k for k in ATTACK_CHECK_KEYS]
+    return [k for k in keys if k in have], [k for k in ("clean", "adv_from_clean_other") if k in have], best_lr
+
+
 def attack_check(result: dict, cfg: CifarConfig, labels: dict, x: torch.Tensor, y: torch.Tensor,
-                 n_check: int = 2000, strong_steps: int = 100, strong_restarts: int = 2) -> dict:
+                 n_check: int = ATTACK_CHECK_N, strong_steps: int = 100, strong_restarts: int = 2,
+                 autoattack: dict | None = None) -> dict:
     """The chapter's attack check of a (loaded) run: :func:`attack_strength` on the first ``n_check`` of the images
-    ``x, y``, in the run's norm for the models the chapter compares (:data:`ATTACK_CHECK_KEYS`, the best low-rank
-    run by the run's PGD in place of ``<best low rank>``; those the run has) and in the other norm for (a) and
-    (c''). ``labels``: experiment key -> the label the chapter shows. Returns ``{"main", "other"}`` (the two
-    checks), ``keys`` (the main check's experiment keys, in its rows' order), ``best_lr`` and ``n_test``."""
+    ``x, y``, in the run's norm and in the other norm for the models of :func:`attack_check_keys`. ``labels``:
+    experiment key -> the label the chapter shows. ``autoattack``: an AutoAttack result of the same run and images
+    (:func:`autoattack_check`, :func:`load_or_run_autoattack`), whose per-image outcomes join each model's worst
+    case. Returns ``{"main", "other"}`` (the two checks), ``keys`` (the main check's experiment keys, in its rows'
+    order), ``best_lr``, ``n_test`` and ``autoattack`` (its version, or None)."""
     if not isinstance(n_check, int) or n_check < 1:
         raise ValueError(f"n_check must be a positive int, got {n_check!r}")
-    best_lr = f"lowrank_{lowrank_summary(result)['best']['rank']}"
-    keys = [best_lr if k == "<best low rank>" else k for k in ATTACK_CHECK_KEYS]
-    keys = [k for k in keys if k in result["_models"]]
+    keys, other_keys, best_lr = attack_check_keys(result)
     xs, ys = x[:n_check], y[:n_check]
-    main = attack_strength({labels[k]: result["_models"][k] for k in keys}, xs, ys, cfg, strong_steps, strong_restarts)
-    other = attack_strength({labels[k]: result["_models"][k] for k in ("clean", "adv_from_clean_other")}, xs, ys, cfg,
-                            strong_steps, strong_restarts, norm=cfg.other_norm, eps=cfg.other_radius)
-    return {"main": main, "other": other, "keys": keys, "best_lr": best_lr, "n_test": int(result["n_test"])}
+    aa = {"main": None, "other": None}
+    if autoattack is not None:
+        if autoattack["n"] != len(ys) or autoattack["images"] != _data_fingerprint(xs.cpu(), ys.cpu()):
+            raise ValueError(f"the AutoAttack result is of other images ({autoattack['n']} images, fingerprint "
+                             f"{autoattack['images']}) than the {len(ys)} checked here; recompute it")
+        aa = {part: {labels[k]: _robust_mask(v["robust"]).to(xs.device) for k, v in autoattack[part]["models"].items()}
+              for part in aa}
+    main = attack_strength({labels[k]: result["_models"][k] for k in keys}, xs, ys, cfg, strong_steps, strong_restarts,
+                           autoattack=aa["main"])
+    other = attack_strength({labels[k]: result["_models"][k] for k in other_keys}, xs, ys, cfg, strong_steps,
+                            strong_restarts, norm=cfg.other_norm, eps=cfg.other_radius, autoattack=aa["other"])
+    return {"main": main, "other": other, "keys": keys, "best_lr": best_lr, "n_test": int(result["n_test"]),
+            "autoattack": autoattack["version"] if autoattack is not None else None}
 
 
-ATTACK_CHECK_HEADER = ["model", "norm, radius", "clean", "FGSM", "run's PGD", "stronger PGD", "worst case of the three",
-                       "images only the stronger PGD breaks / only the run's", "images the worst case adds",
+# ----------------------------------------------------------------------------------------------------- AutoAttack
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2"}
+# per profile: None = AutoAttack's standard version (APGD-CE, APGD-T with 9 target classes, FAB-T with 9, Square with
+# 5,000 queries); a tuple = those attacks only (pyautoattack's "custom" version). The quick profile, a test of the
+# pipeline, leaves out FAB-T and Square: on a CPU they cost a fixed ~25 s per model whatever the number of images.
+AUTOATTACK_ATTACKS = {"full": None, "quick": ("apgd-ce", "apgd-t")}
+
+
+def autoattack_version(attacks: tuple | None) -> str:
+    """How the chapter names the AutoAttack run with ``attacks`` (None: the standard version)."""
+    return "standard version" if attacks is None else "custom version: " + ", ".join(a.upper() for a in attacks)
+
+
+def _robust_mask(bits: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
+
+
+def autoattack(models: dict, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, seed: int = 0,
+               attacks: tuple | None = None, batch_size: int = 500) -> dict:
+    """AutoAttack (Croce and Hein, 2020) on the images ``x, y`` (in [0, 1]) at radius ``eps`` in ``norm``, per model
+    of ``models`` (name -> model): ``{"acc", "robust", "seconds"}``, ``robust`` a string with one character per image,
+    "1" where the model still classifies the attacked image correctly (images it misclassifies unattacked count as
+    broken). The attacks are the reference code of Croce and Hein as packaged on PyPI (``pyautoattack``); with
+    ``attacks=None`` its standard version runs APGD with the cross-entropy, targeted APGD with the DLR loss and
+    targeted FAB (9 target classes each) and the Square attack (5,000 queries), each on the images the ones before
+    left correct; a tuple of its attack names (``"apgd-ce"``, ``"apgd-t"``, ``"fab-t"``, ``"square"``, ...) runs
+    only those, in its "custom" version.
+    Every adversarial image is checked to lie in the ball and in [0, 1] (``RuntimeError`` otherwise)."""
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as e:  # a requirement of the book; named here for an environment that lacks it
+        raise ImportError("AutoAttack needs the package pyautoattack (pip install pyautoattack==0.2.0)") from e
+    from .attacks import margins
+
+    norm = check_norm(norm)
+    out = {}
+    for name, m in models.items():
+        m.eval()
+        t = time.perf_counter()
+        kw = {"version": "standard"} if attacks is None else {"version": "custom", "attacks": list(attacks)}
+        aa = AutoAttack(m, eps=float(eps), norm=AUTOATTACK_NORMS[norm], seed=seed, device=x.device, **kw)
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+        if (size > eps * (1 + 1e-4) + 1e-6).any() or x_adv.min() < 0 or x_adv.max() > 1:
+            raise RuntimeError(f"AutoAttack returned images outside the {norm} ball of radius {eps:g} or outside "
+                               f"[0, 1] for {name!r} (largest size {size.max().item():.6g})")
+        robust = (margins(m, x_adv, y) > 0).cpu()
+        out[name] = {"acc": robust.float().mean().item(), "robust": "".join("1" if b else "0" for b in robust.tolist()),
+                     "seconds": round(time.perf_counter() - t, 1)}
+    return out
+
+
+def autoattack_check(result: dict, cfg: CifarConfig, x: torch.Tensor, y: torch.Tensor,
+                     n_check: int = ATTACK_CHECK_N, attacks: tuple | None = None) -> dict:
+    """:func:`autoattack` on the models of the chapter's attack check (:func:`attack_check_keys`), on the first
+    ``n_check`` images of ``x, y``: in the run's norm (``main``) and, for (a) and (c''), in the other norm (``other``),
+    at the run's radii, with ``attacks`` (None: the standard version). JSON-ready: ``n``, ``images`` (a fingerprint of
+    the images, checked by :func:`attack_check`), ``version`` (:func:`autoattack_version`), ``pyautoattack`` (the package's version), ``main`` / ``other``: ``{"norm", "eps", "models": {key:
+    {"acc", "robust", "seconds"}}}``."""
+    from importlib.metadata import version as _version
+
+    if not isinstance(n_check, int) or n_check < 1:
+        raise ValueError(f"n_check must be a positive int, got {n_check!r}")
+    keys, other_keys, _ = attack_check_keys(result)
+    xs, ys = x[:n_check], y[:n_check]
+    parts = {"main": (keys, cfg.norm, cfg.radius), "other": (other_keys, cfg.other_norm, cfg.other_radius)}
+    out = {"n": int(len(ys)), "images": _data_fingerprint(xs.cpu(), ys.cpu()), "version": autoattack_version(attacks),
+           "pyautoattack": _version("pyautoattack")}
+    for part, (ks, norm, eps) in parts.items():
+        out[part] = {"norm": norm, "eps": eps, "models": autoattack({k: result["_models"][k] for k in ks}, xs, ys, norm,
+                                                                    eps, seed=cfg.seed, attacks=attacks)}
+    return out
+
+
+def run_cifar_autoattack(cfg: CifarConfig, models_dir=None, data_dir=None, device=None, progress=None,
+                         profile: str | None = None, n_check: int = ATTACK_CHECK_N) -> dict:
+    """``python -m fp_helpers run cifar-autoattack``: :func:`autoattack_check` of the run of ``cfg`` saved in
+    ``models_dir`` (``run cifar --save-dir``; trained now when there is none), on its evaluation images, with the
+    profile's attacks (:data:`AUTOATTACK_ATTACKS`); stamped
+    with the config, the run it attacked (``run``: where, when, by which code) and provenance. The chapter loads it
+    with :func:`load_or_run_autoattack` (AutoAttack takes minutes per model on a CPU)."""
+    cfg = cfg.validate()
+    t0 = time.perf_counter()
+    dev = get_device(device)
+    res = load_or_run(cfg, models_dir, data_dir=data_dir, device=dev, progress=progress, profile=profile)
+    x, y = evaluation_images(cfg, data_dir, dev)
+    out = autoattack_check(res, cfg, x, y, n_check, AUTOATTACK_ATTACKS[get_profile(profile)])
+    prov = res["provenance"]
+    out["run"] = {"date": prov["date"], "code": prov["code"]["hash"], "stale": res.get("stale", [])}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    given = data_dir if data_dir is not None else os.environ.get("FP_DATA_DIR") or None
+    extra = (("--data", str(given)) if given is not None else ()) + (
+        ("--models", str(models_dir)) if models_dir is not None else ())
+    stamp(out, "cifar-autoattack", cfg, profile, dev, extra_args=extra)
+    return out
+
+
+def load_or_run_autoattack(result: dict, cfg: CifarConfig, x: torch.Tensor, y: torch.Tensor, path=None,
+                           n_check: int = ATTACK_CHECK_N, profile: str | None = None) -> dict:
+    """The AutoAttack result saved in ``path`` (``run cifar-autoattack --out``) when it is of this config, these
+    images and the profile's attacks (:data:`AUTOATTACK_ATTACKS`), else :func:`autoattack_check` now. A saved result made by changed code is used with a
+    :class:`~fp_helpers.provenance.StaleResultWarning` (see :func:`fp_helpers.provenance.load_result`); one of
+    another config or other images is recomputed, with a warning."""
+    from .provenance import load_result, read_result
+
+    attacks = AUTOATTACK_ATTACKS[get_profile(profile)]
+    if path is not None and Path(path).exists():
+        _, saved = read_result(path)
+        xs, ys = x[:n_check], y[:n_check]
+        if stale_reasons(saved, cfg)["config"]:
+            warnings.warn(f"{path} was made with another config -- recomputing AutoAttack now", stacklevel=2)
+        elif saved["n"] != len(ys) or saved["images"] != _data_fingerprint(xs.cpu(), ys.cpu()):
+            warnings.warn(f"{path} attacked other images -- recomputing AutoAttack now", stacklevel=2)
+        elif saved["version"] != autoattack_version(attacks):
+            warnings.warn(f"{path} ran AutoAttack's {saved['version']}, this profile its {autoattack_version(attacks)} "
+                          "-- recomputing AutoAttack now", stacklevel=2)
+        else:
+            return load_result(path, expected_config=cfg)  # warns when the code behind it has changed
+    return autoattack_check(result, cfg, x, y, n_check, attacks)
+
+
+ATTACK_CHECK_HEADER = ["model", "norm, radius", "clean", "FGSM", "run's PGD", "stronger PGD", "AutoAttack",
+                       "worst case of all attacks", "images only the stronger PGD breaks / only the run's",
+                       "images the worst case adds", "images only AutoAttack breaks",
                        "box check: only projected breaks / only ours"]
 
 
@@ -896,9 +1053,13 @@ def attack_check_rows(check: dict) -> list[list]:
     """The table of :func:`attack_check` (:data:`ATTACK_CHECK_HEADER`): one row per model and norm."""
     from .cifar_train import format_radius
 
+    def aa(v):
+        return "not run" if v is None else v
+
     return [[r["model"], f"{r['norm']} {format_radius(r['eps'], r['norm'])}", r["clean"], r["fgsm"], r["pgd_run"],
-             r["strong"], r["worst"], f"{r['strong_only']} / {r['run_only']}", r["extra"],
-             f"{r['box_only']} / {r['unboxed_only']}"] for r in check["main"]["rows"] + check["other"]["rows"]]
+             r["strong"], aa(r["autoattack"]), r["worst"], f"{r['strong_only']} / {r['run_only']}", r["extra"],
+             aa(r["aa_only"]), f"{r['box_only']} / {r['unboxed_only']}"]
+            for r in check["main"]["rows"] + check["other"]["rows"]]
 
 
 def attack_check_glue(check: dict) -> dict:
@@ -925,8 +1086,26 @@ def attack_check_glue(check: dict) -> dict:
                 "cf_as_se": by_key["adv_from_clean"]["se_pgd_run"], "cf_as_extra": main["max_extra"],
                 "cf_as2_extra": other["max_extra"]})
     ca, cc, (ca2, cc2) = by_key["clean"], by_key["adv_from_clean"], other["rows"]
-    for k in ("strong_only", "run_only", "extra", "clean", "fgsm", "pgd_run", "strong", "worst"):
+    for k in ("strong_only", "run_only", "extra", "clean", "fgsm", "pgd_run", "strong", "worst", "autoattack",
+              "aa_only"):
         out.update({f"cf_as_a_{k}": ca[k], f"cf_as_c_{k}": cc[k], f"cf_as2_a_{k}": ca2[k], f"cf_as2_c_{k}": cc2[k]})
+    aa_run = check["autoattack"] is not None
+    out["cf_as_n_attacks"] = main["n_attacks"]
+    out["cf_as_attacks"] = ("FGSM, the run's PGD, the stronger PGD and AutoAttack" if aa_run else
+                            "FGSM, the run's PGD and the stronger PGD")
+    if aa_run:
+        aa_row = max(rows, key=lambda r: r["aa_only"])
+        out.update({"cf_as_aa_version": check["autoattack"], "cf_as_aa_max_only": aa_row["aa_only"],
+                    "cf_as_aa_max_only_model": f"{aa_row['model']} ({aa_row['norm']})",
+                    "cf_as_aa_total_only": sum(r["aa_only"] for r in rows),
+                    "cf_as_aa_below_strong": sum(r["autoattack"] < r["strong"] for r in rows),
+                    "cf_as_aa_text": ("AutoAttack breaks no image that our three attacks all left correct, on any model"
+                                      if aa_row["aa_only"] == 0 else
+                                      f"AutoAttack breaks up to {aa_row['aa_only']} images that our three attacks all "
+                                      f"left correct ({aa_row['model']}, {aa_row['norm']}), "
+                                      f"{sum(r['aa_only'] for r in rows)} over the {len(rows)} models and norms")})
+    else:
+        out.update({"cf_as_aa_version": "not run", "cf_as_aa_text": "AutoAttack was not run"})
     box, unbox = (sum(r[k] for r in rows) for k in ("box_only", "unboxed_only"))
     out.update({"cf_as_box": box, "cf_as_unbox": unbox, "cf_as_box_verdict":
                 "changes no image: on these models the clipping costs the attack nothing measurable"

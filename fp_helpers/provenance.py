@@ -59,12 +59,14 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "seed_curves": ("experiments.seed_curves",),
     "lower-bounds": ("lower_bounds.run_lower_bounds",),
     "cifar": ("cifar_experiments.run_cifar",),
+    "cifar-autoattack": ("cifar_experiments.run_cifar_autoattack",),
     "lowrank": ("experiments.run_lowrank",),
     "attack-check": ("experiments.run_attack_check",),
 }
 # "bench": the benchmarks time the package's code, so their results depend on every definition bench.py reaches
 # (bench.py itself is bookkeeping: it measures, it computes no number of the book)
 EXPERIMENTS = tuple(ENTRY_POINTS) + ("bench", "package")
+CLI_EXPERIMENTS = tuple(ENTRY_POINTS)  # those `python -m fp_helpers run` makes
 # bookkeeping that never changes a number: left out of every fingerprint
 BOOKKEEPING_MODULES = frozenset({"provenance", "checkpoints", "__main__", "__init__", "book", "plots", "bench",
                                  "parallel"})  # parallel: where runs execute, never their numbers (test_parallel)
@@ -348,7 +350,7 @@ def stamp(result: dict, experiment: str, config, profile: str | None = None, dev
 
     result["config"] = config_dict(config)
     result["environment"] = environment(profile, device)
-    if command is None and experiment in ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check"):
+    if command is None and experiment in CLI_EXPERIMENTS:
         command = cli_command(experiment, result["environment"]["profile"], result["config"], out, extra_args)
     result["provenance"] = record(experiment, profile, device, command)
     return result
@@ -379,11 +381,11 @@ def profile_config(experiment: str, profile: str, overrides=None, seed: int | No
         from .lower_bounds import lower_bounds_config
 
         return config_dict(lower_bounds_config(profile, overrides, seed=seed))
-    if experiment == "cifar":
+    if experiment in ("cifar", "cifar-autoattack"):  # AutoAttack on a saved run: the run's config
         from .cifar_experiments import cifar_config
 
         return config_dict(cifar_config(profile, overrides, seed=seed))
-    raise ValueError(f"no command-line experiment {experiment!r}; allowed: synthetic, lower-bounds, cifar, lowrank, attack-check")
+    raise ValueError(f"no command-line experiment {experiment!r}; allowed: {', '.join(CLI_EXPERIMENTS)}")
 
 
 def cli_command(experiment: str, profile: str, config: dict, out: str | Path | None = None,
