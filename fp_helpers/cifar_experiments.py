@@ -883,12 +883,12 @@ ATTACK_CHECK_N = 2000  # the attack check's cap on images: all of the CPU subset
 
 
 def attack_check_keys(result: dict) -> tuple[list[str], list[str], str]:
-    """The models of the chapter's attack check in ``result`` (a loaded run, or a saved run's numbers): the experiment
-    keys checked in the run's norm (:data:`ATTACK_CHECK_KEYS`, the best low-rank run by the run's PGD in place of
+    """The models of the chapter's attack check in ``result`` (a loaded run: those with a model; else a saved run's
+    numbers): the experiment keys checked in the run's norm (:data:`ATTACK_CHECK_KEYS`, the best low-rank run by the run's PGD in place of
     ``<best low rank>``; those the run has), those checked in the other norm ((a) and (c'')), and the best low-rank
     run's key."""
     best_lr = f"lowrank_{lowrank_summary(result)['best']['rank']}"
-    have = result["experiments"]
+    have = result["_models"] if "_models" in result else result["experiments"]
     keys = [best_lr if k == "<best low rank>" else k for k in ATTACK_CHECK_KEYS]
     return [k for k in keys if k in have], [k for k in ("clean", "adv_from_clean_other") if k in have], best_lr
 

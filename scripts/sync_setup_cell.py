@@ -46,7 +46,7 @@ if _have != FP_HELPERS:
     _pip = [sys.executable, "-m", "pip", "install", "-q"]
     _url = f"fp_helpers @ git+{{REPO}}@v{{FP_HELPERS}}"
     subprocess.run(_pip + ["--no-deps", _url], check=True)
-    _deps = ["numpy", "matplotlib", "seaborn", "tqdm"]
+    _deps = ["numpy", "matplotlib", "seaborn", "tqdm", "pyautoattack"]
     _missing = [m for m in _deps if importlib.util.find_spec(m) is None]
     if _missing:
         subprocess.run(_pip + _missing, check=True)
