@@ -763,8 +763,8 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     clean accuracy and accuracy under FGSM (one step of size eps), the run's PGD (``eval_pgd_steps`` steps,
     ``eval_restarts`` starts, cross-entropy, :func:`fp_helpers.attacks.pgd`), a stronger PGD with the margin
     (Carlini-Wagner) loss (``strong_steps`` steps, ``strong_restarts`` starts: the image, then random points;
-    :func:`fixed_pgd`), and the worst case over all three per image. The attacks run on the same images, so they
-    are compared image by image: per model, ``strong_only`` (images the stronger PGD breaks and the run's PGD does
+    :func:`fixed_pgd`), optionally AutoAttack (``autoattack``, below), and the worst case over all of them per
+    image. The attacks run on the same images, so they are compared image by image: per model, ``strong_only`` (images the stronger PGD breaks and the run's PGD does
     not), ``run_only`` (the other way) and ``extra`` (images the worst case breaks that the run's PGD left
     correct). ``ordered`` is True when, for every model, FGSM >= run's PGD and the stronger attacks are not above the
     run's PGD (per model: its row's ``ordered``); ``max_gap`` is the largest drop from the run's PGD to the worst case, ``max_extra`` the largest
@@ -1039,8 +1039,25 @@ def load_or_run_autoattack(result: dict, cfg: CifarConfig, x: torch.Tensor, y: t
             warnings.warn(f"{path} ran AutoAttack's {saved['version']}, this profile its {autoattack_version(attacks)} "
                           "-- recomputing AutoAttack now", stacklevel=2)
         else:
-            return load_result(path, expected_config=cfg)  # warns when the code behind it has changed
+            from .book import portable_paths
+
+            out = load_result(path, expected_config=cfg)  # warns when the code behind it has changed
+            out["loaded_from"] = portable_paths(str(Path(path).resolve()))
+            return out
     return autoattack_check(result, cfg, x, y, n_check, attacks)
+
+
+def describe_autoattack(aa: dict) -> str:
+    """One line for the chapter: which AutoAttack ran, on how many images, and whether it was loaded (from where,
+    made when, on what, in how long) or run now."""
+    per_model = sum(v["seconds"] for part in ("main", "other") for v in aa[part]["models"].values())
+    text = (f"AutoAttack ({aa['version']}; pyautoattack {aa['pyautoattack']}) on {aa['n']:,} images, "
+            f"{sum(len(aa[p]['models']) for p in ('main', 'other'))} model-norm pairs: ")
+    if "loaded_from" in aa:
+        env = aa.get("environment") or {}
+        return text + (f"loaded from {aa['loaded_from']} (made {aa['provenance']['date']} on "
+                       f"{env.get('device_name', aa['provenance'].get('device_name', '?'))}, {per_model:.0f} s of attacks)")
+    return text + f"run now ({per_model:.0f} s)"
 
 
 ATTACK_CHECK_HEADER = ["model", "norm, radius", "clean", "FGSM", "run's PGD", "stronger PGD", "AutoAttack",

@@ -8,7 +8,8 @@
 # There, from the repository root, carrying .whl and .gpu_data, one step per call:
 #   bash scripts/gpu_kit.sh bench          # python -m fp_helpers bench all -> results/bench/<gpu>.json (and <gpu>-compile.json)
 #   bash scripts/gpu_kit.sh synthetic      # theory .. lower_bounds at FP_PROFILE=full, outputs written back, timed
-#   bash scripts/gpu_kit.sh cifar          # run cifar --profile full -> results/cifar/full-gpu; then the chapter
+#   bash scripts/gpu_kit.sh cifar          # run cifar --profile full -> results/cifar/full-gpu, run cifar-autoattack
+#                                          # -> results/cifar/full-gpu_autoattack.json; then the chapter
 #   bash scripts/gpu_kit.sh appendix       # the execution-statistics appendix (reads the times just recorded)
 #   bash scripts/gpu_kit.sh all            # ONE call for a lent GPU with little device time (15 minutes, start-up
 #                                          # included): bench, cifar, synthetic, appendix, most valuable first,
@@ -33,6 +34,7 @@ jupyter_core==5.9.1 platformdirs==4.14.8 traitlets==5.16.1 pyzmq==27.3.0 tornado
 comm==0.2.3 debugpy==1.8.22 ipython==9.18.1 ipython_pygments_lexers==1.1.1 decorator jedi==0.20.1 parso==0.8.7
 matplotlib-inline==0.2.2 pexpect==4.9.0 ptyprocess==0.7.0 prompt_toolkit==3.0.53 wcwidth==0.9.4 stack-data==0.6.3
 asttokens==3.0.2 executing==2.3.0 pure_eval==0.2.4"
+AUTOATTACK=0.2.0  # pyautoattack, as in requirements.txt
 PROFILE=${GPU_KIT_PROFILE:-full}
 SYNTHETIC="book/theory.ipynb book/sparse_coding.ipynb book/clean_training.ipynb book/adversarial_training.ipynb book/lower_bounds.ipynb"
 
@@ -53,13 +55,13 @@ pack() {  # every file under book/ and results/ newer than the step's start
   echo "packed $OUTDIR/$1.tar.gz ($(du -h "$OUTDIR/$1.tar.gz" | cut -f1))"
 }
 use_wheels() {  # install the carried wheels where the kernel and this shell both see them
-  if ! "$PY" -c "import nbclient, ipykernel" 2>/dev/null; then
+  if ! "$PY" -c "import nbclient, ipykernel, pyautoattack" 2>/dev/null; then
     [ -d .whl ] || { echo "no .whl/ here: run 'bash scripts/gpu_kit.sh prepare' where PyPI is reachable and carry .whl" >&2; exit 2; }
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}  # the kernel runs in book/: it imports fp_helpers from here
-  "$PY" -c "import nbclient, ipykernel, fp_helpers, torch; print('kit ready: fp_helpers', fp_helpers.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+  "$PY" -c "import nbclient, ipykernel, pyautoattack, fp_helpers, torch; print('kit ready: fp_helpers', fp_helpers.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 }
 data() {
   if [ -d .gpu_data/cifar10 ]; then export FP_DATA_DIR=$ROOT/.gpu_data/cifar10; fi
@@ -74,6 +76,24 @@ case "${1:-}" in
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 -d .whl $WHEELS
+    # AutoAttack (the CIFAR-10 chapter's attack check): its wheel is 42 MB, nearly all of it an example model; the
+    # copy carried keeps the package's code only (its RECORD without the examples' lines)
+    "$PY" -m pip download -q --no-deps --only-binary=:all: -d .whl/full "pyautoattack==$AUTOATTACK"
+    "$PY" - .whl/full/pyautoattack-*.whl .whl <<'SLIM'
+import sys, zipfile
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2]) / Path(sys.argv[1]).name
+with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+    for item in zin.infolist():
+        if "/examples/" in item.filename:
+            continue
+        data = zin.read(item)
+        if item.filename.endswith(".dist-info/RECORD"):
+            data = b"".join(l for l in data.splitlines(True) if b"/examples/" not in l)
+        zout.writestr(item, data)
+print(f"{dst.name}: {src.stat().st_size // 1024} KiB -> {dst.stat().st_size // 1024} KiB (examples left out)")
+SLIM
+    rm -rf .whl/full
     src=${FP_DATA_DIR:-../shared/data/cifar10}
     rm -rf .gpu_data && mkdir -p .gpu_data && cp -r "$src" .gpu_data/cifar10
     du -sh .whl .gpu_data
@@ -95,6 +115,10 @@ case "${1:-}" in
     stamp; use_wheels; data
     if timed "$PY" -m fp_helpers run cifar --profile "$PROFILE" --data "$FP_DATA_DIR" \
         --save-dir "results/cifar/$PROFILE-gpu" --out "results/cifar/$PROFILE-gpu.json"; then
+      # AutoAttack on the run's models (the chapter loads it; without it the chapter would run it itself)
+      timed "$PY" -m fp_helpers run cifar-autoattack --profile "$PROFILE" --data "$FP_DATA_DIR" \
+        --models "results/cifar/$PROFILE-gpu" --out "results/cifar/$PROFILE-gpu_autoattack.json" \
+        || echo "run cifar-autoattack: rc $?" >&2
       FP_PROFILE=$PROFILE timed "$PY" scripts/execute_notebooks.py book/cifar10.ipynb || echo "cifar chapter: rc $?" >&2
     else
       echo "run cifar failed or ran out of time (rc $?): the chapter is not re-executed" >&2

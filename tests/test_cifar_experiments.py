@@ -606,3 +606,130 @@ def test_attack_check_runs_the_chapters_models_and_glues_what_its_rows_say():
     assert len(cmps) == 3 and cg["cf_as_cmp_bn_worst"] == "not compared" and math.isnan(cg["cf_as_bn_share_worst"])
     with pytest.raises(ValueError, match="n_check"):
         attack_check(res, cfg, labels, x, y, n_check=0)
+
+
+# ------------------------------------------------------------------------------------------------ AutoAttack
+
+def _two_class_linear(seed=0):
+    """A linear 10-class model whose classes 2-9 never win: for it, the exact l-inf robust accuracy is known."""
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(3 * 8 * 8, 10)
+    with torch.no_grad():
+        lin.weight[2:] = 0
+        lin.bias[2:] = -100.0
+    return torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+
+
+def test_autoattack_breaks_exactly_the_breakable_images_of_a_linear_model():
+    from fp_helpers.cifar_experiments import autoattack
+
+    model = _two_class_linear()
+    g = torch.Generator().manual_seed(3)
+    x = 0.3 + 0.4 * torch.rand(80, 3, 8, 8, generator=g)  # eps <= 0.3 below: the box [0, 1] never binds
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    y[:5] = 1 - y[:5]  # five images misclassified before any attack: broken by definition
+    w = model[1].weight.detach()
+    dw = (w[y] - w[1 - y]).abs().sum(1)  # l1 norm of the weight difference: the l-inf margin's slope
+    margin = (logits.gather(1, y[:, None]) - logits.gather(1, (1 - y)[:, None])).squeeze(1)
+    eps = float((margin[5:] / dw[5:]).median())  # about half of the correct images are robust
+    exact = margin > eps * dw  # robust exactly when the worst corner of the ball keeps the label
+    out = autoattack({"lin": model}, x, y, "linf", eps, attacks=("apgd-ce", "apgd-t"))["lin"]
+    robust = torch.tensor([c == "1" for c in out["robust"]])
+    clear = (margin - eps * dw).abs() > 0.05 * eps * dw  # leave out the knife edge
+    assert clear.sum() > 40 and not robust[:5].any()
+    assert torch.equal(robust[clear], exact[clear])
+    assert out["acc"] == pytest.approx(robust.float().mean().item()) and 0.2 < out["acc"] < 0.8
+
+
+def test_attack_check_takes_autoattack_into_the_worst_case(monkeypatch):
+    from fp_helpers import cifar_experiments as cx
+
+    cfg = cifar_config("quick", ["eps=0.01"])
+    res = _fake_result()
+    keys = ["clean", "adv_from_clean", "lowrank_4", "adv_from_clean_other"]
+    res["_models"] = {k: _toy_model(seed=i) for i, k in enumerate(keys)}
+    res["n_test"] = 30
+    labels = {k: f"model {k}" for k in cx.LABELS} | {k: f"model {k}" for k in keys}
+    x, y = _toy_batch(res["_models"]["adv_from_clean"], n=30)
+    aa = cx.autoattack_check(res, cfg, x, y, attacks=("apgd-ce",))
+    assert set(aa["main"]["models"]) == {"clean", "adv_from_clean", "lowrank_4"}
+    assert set(aa["other"]["models"]) == {"clean", "adv_from_clean_other"} and aa["other"]["eps"] == 0.5
+    assert aa["version"] == "custom version: APGD-CE" and aa["n"] == 30
+    # plant an image that only "AutoAttack" breaks: the worst case must lose it, and the counts must say so
+    without = cx.attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1)
+    row = without["main"]["rows"][1]
+    keep = row["_worst"].nonzero().squeeze(1)
+    assert keep.numel() > 0 and row["autoattack"] is None and row["aa_only"] is None
+    bits = list(aa["main"]["models"]["adv_from_clean"]["robust"])
+    bits[int(keep[0])] = "0"
+    aa["main"]["models"]["adv_from_clean"]["robust"] = "".join(bits)
+    check = cx.attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1, autoattack=aa)
+    row2 = check["main"]["rows"][1]
+    assert int(row2["_worst"].sum()) <= int(row["_worst"].sum()) - 1 and row2["aa_only"] >= 1
+    assert row2["worst"] <= min(row2["autoattack"], row2["pgd_run"], row2["strong"], row2["fgsm"])
+    assert not row2["_worst"][keep[0]]
+    g = cx.attack_check_glue(check)
+    assert g["cf_as_n_attacks"] == "four" and "AutoAttack" in g["cf_as_attacks"]
+    assert g["cf_as_aa_max_only"] == max(r["aa_only"] for r in check["main"]["rows"] + check["other"]["rows"])
+    assert cx.attack_check_glue(without)["cf_as_aa_text"] == "AutoAttack was not run"
+    assert cx.attack_check_rows(without)[0][6] == "not run"
+    bad = dict(aa, images="0" * 16)  # a result of other images is refused, not merged
+    with pytest.raises(ValueError, match="other images"):
+        cx.attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1, autoattack=bad)
+
+
+def test_saved_autoattack_is_used_only_for_its_config_images_and_attacks(tmp_path, monkeypatch):
+    from fp_helpers import cifar_experiments as cx
+    from fp_helpers.provenance import stamp
+
+    cfg = cifar_config("quick", ["eps=0.1"])
+    res = _fake_result()
+    res["_models"] = {k: _toy_model(seed=i) for i, k in enumerate(["clean", "adv_from_clean", "lowrank_4"])}
+    x, y = _toy_batch(res["_models"]["adv_from_clean"], n=20)
+    monkeypatch.setitem(cx.AUTOATTACK_ATTACKS, "quick", ("apgd-ce",))
+    saved = stamp(cx.autoattack_check(res, cfg, x, y, attacks=("apgd-ce",)), "cifar-autoattack", cfg, "quick")
+    path = tmp_path / "aa.json"
+    path.write_text(json.dumps(saved))
+    calls = []
+    real = cx.autoattack_check
+    monkeypatch.setattr(cx, "autoattack_check", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # current code, same config: loaded silently
+        got = cx.load_or_run_autoattack(res, cfg, x, y, path, profile="quick")
+    assert not calls and got["main"]["models"] == saved["main"]["models"]
+    with pytest.warns(UserWarning, match="other images"):
+        cx.load_or_run_autoattack(res, cfg, x[:10], y[:10], path, profile="quick")
+    monkeypatch.setitem(cx.AUTOATTACK_ATTACKS, "quick", ("apgd-ce", "apgd-t"))
+    with pytest.warns(UserWarning, match="recomputing AutoAttack"):
+        again = cx.load_or_run_autoattack(res, cfg, x, y, path, profile="quick")
+    assert again["version"] == "custom version: APGD-CE, APGD-T"
+    with pytest.warns(UserWarning, match="another config"):
+        cx.load_or_run_autoattack(res, cifar_config("quick", ["eps=0.2"]), x, y, path, profile="quick")
+    assert len(calls) == 3
+
+
+@needs_subset
+def test_cli_autoattack_attacks_the_saved_run_and_records_how(tiny_run, tmp_path, monkeypatch, capsys):
+    from fp_helpers import cifar_experiments as cx
+    from fp_helpers.provenance import stale_reasons
+
+    cfg, r = tiny_run
+    save_run(r, tmp_path / "run")
+    monkeypatch.setitem(cx.AUTOATTACK_ATTACKS, "quick", ("apgd-ce",))
+    out = tmp_path / "aa.json"
+    args = ["run", "cifar-autoattack", "--profile", "quick", "--data", str(DATA), "--models", str(tmp_path / "run"),
+            "--checkpoint-dir", "off", "--out", str(out)] + [a for s in TINY for a in ("--set", s)]
+    with threads(1):
+        assert main(args) == 0
+    saved = json.loads(out.read_text())
+    assert f"--models {tmp_path / 'run'}" in saved["provenance"]["command"]
+    assert saved["run"]["date"] == r["provenance"]["date"] and saved["n"] == r["n_test"]
+    assert not stale_reasons(saved)["config"] and not stale_reasons(saved)["code"]
+    for part in ("main", "other"):
+        for key, v in saved[part]["models"].items():
+            # AutoAttack never leaves more images correct than the run's own PGD evaluation of the same model
+            run_acc = r["experiments"]["clean_other" if (part, key) == ("other", "clean") else key]["robust_acc"]
+            assert v["acc"] <= run_acc + 1e-9 and len(v["robust"]) == saved["n"]
+    assert "AutoAttack (custom version: APGD-CE)" in capsys.readouterr().out
