@@ -781,7 +781,8 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
 
     ``autoattack`` (model name -> boolean tensor, per image: still correct under AutoAttack, see :func:`autoattack`)
     adds AutoAttack to the attacks: its accuracy (``autoattack``; None without it), the images it alone breaks
-    (``aa_only``: every other attack left them correct), and its outcome in the worst case."""
+    (``aa_only``: every other attack left them correct), those it leaves correct and one of ours breaks
+    (``ours_only``), and its outcome in the worst case."""
     from .attacks import fgm, margins, pgd
 
     n = int(x.shape[0])
@@ -812,7 +813,9 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
         acc = {k: v.float().mean().item() for k, v in
                (("clean", correct), ("fgsm", fg), ("pgd_run", run), ("strong", strong), ("worst", worst))}
         acc["autoattack"] = aa.float().mean().item() if aa is not None else None
-        aa_only = int((correct & fg & run & strong & ~aa).sum()) if aa is not None else None
+        ours = correct & fg & run & strong  # the worst case of our three attacks
+        aa_only = int((ours & ~aa).sum()) if aa is not None else None
+        ours_only = int((aa & ~ours).sum()) if aa is not None else None
         se = standard_error(acc["pgd_run"], n)
         row_ordered = (acc["fgsm"] >= acc["pgd_run"] and acc["strong"] <= acc["pgd_run"]
                        and (aa is None or acc["autoattack"] <= acc["pgd_run"]))
@@ -820,7 +823,7 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
         gaps.append(acc["pgd_run"] - acc["worst"])
         rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se, "ordered": bool(row_ordered),
                      "strong_only": int((run & ~strong).sum()), "run_only": int((strong & ~run).sum()),
-                     "extra": int((run & ~worst).sum()), "aa_only": aa_only, "box_only": int((first & ~boxed).sum()),
+                     "extra": int((run & ~worst).sum()), "aa_only": aa_only, "ours_only": ours_only, "box_only": int((first & ~boxed).sum()),
                      "unboxed_only": int((boxed & ~first).sum()), "_run": run.cpu(), "_worst": worst.cpu()})
     extra = max(r["extra"] for r in rows)
     n_attacks = "three" if autoattack is None else "four"
@@ -1116,11 +1119,18 @@ def attack_check_glue(check: dict) -> dict:
                     "cf_as_aa_max_only_model": f"{aa_row['model']} ({aa_row['norm']})",
                     "cf_as_aa_total_only": sum(r["aa_only"] for r in rows),
                     "cf_as_aa_below_strong": sum(r["autoattack"] < r["strong"] for r in rows),
-                    "cf_as_aa_text": ("AutoAttack breaks no image that our three attacks all left correct, on any model"
-                                      if aa_row["aa_only"] == 0 else
-                                      f"AutoAttack breaks up to {aa_row['aa_only']} images that our three attacks all "
-                                      f"left correct ({aa_row['model']}, {aa_row['norm']}), "
-                                      f"{sum(r['aa_only'] for r in rows)} over the {len(rows)} models and norms")})
+                    "cf_as_aa_alone": sum(r["ours_only"] == 0 for r in rows)})
+        ours_row = max(rows, key=lambda r: r["ours_only"])
+        out["cf_as_aa_text"] = (
+            ("AutoAttack breaks no image that our three attacks all left correct, on any model" if aa_row["aa_only"] == 0
+             else f"AutoAttack breaks up to {aa_row['aa_only']} images that our three attacks all left correct "
+                  f"({aa_row['model']}, {aa_row['norm']}), {sum(r['aa_only'] for r in rows)} over the {len(rows)} "
+                  "models and norms")
+            + ("; ours break none that it leaves correct, so on every model AutoAttack alone gives the worst case"
+               if ours_row["ours_only"] == 0 else
+               f"; ours break up to {ours_row['ours_only']} that it leaves correct ({ours_row['model']}, "
+               f"{ours_row['norm']}), and AutoAttack alone gives the worst case on {out['cf_as_aa_alone']} of the "
+               f"{len(rows)}"))
     else:
         out.update({"cf_as_aa_version": "not run", "cf_as_aa_text": "AutoAttack was not run"})
     box, unbox = (sum(r[k] for r in rows) for k in ("box_only", "unboxed_only"))

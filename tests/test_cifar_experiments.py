@@ -645,6 +645,7 @@ def test_autoattack_breaks_exactly_the_breakable_images_of_a_linear_model():
 
 def test_attack_check_takes_autoattack_into_the_worst_case(monkeypatch):
     from fp_helpers import cifar_experiments as cx
+    from fp_helpers.attacks import margins
 
     cfg = cifar_config("quick", ["eps=0.01"])
     res = _fake_result()
@@ -662,14 +663,17 @@ def test_attack_check_takes_autoattack_into_the_worst_case(monkeypatch):
     row = without["main"]["rows"][1]
     keep = row["_worst"].nonzero().squeeze(1)
     assert keep.numel() > 0 and row["autoattack"] is None and row["aa_only"] is None
+    broken = (~row["_worst"] & (margins(res["_models"]["adv_from_clean"], x, y) > 0)).nonzero().squeeze(1)
+    assert broken.numel() > 0  # correct images one of our attacks breaks
     bits = list(aa["main"]["models"]["adv_from_clean"]["robust"])
-    bits[int(keep[0])] = "0"
+    bits[int(keep[0])] = "0"  # AutoAttack alone breaks it
+    bits[int(broken[0])] = "1"  # AutoAttack misses what ours break: the worst case keeps it broken
     aa["main"]["models"]["adv_from_clean"]["robust"] = "".join(bits)
     check = cx.attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1, autoattack=aa)
     row2 = check["main"]["rows"][1]
     assert int(row2["_worst"].sum()) <= int(row["_worst"].sum()) - 1 and row2["aa_only"] >= 1
     assert row2["worst"] <= min(row2["autoattack"], row2["pgd_run"], row2["strong"], row2["fgsm"])
-    assert not row2["_worst"][keep[0]]
+    assert not row2["_worst"][keep[0]] and not row2["_worst"][broken[0]] and row2["ours_only"] >= 1
     g = cx.attack_check_glue(check)
     assert g["cf_as_n_attacks"] == "four" and "AutoAttack" in g["cf_as_attacks"]
     assert g["cf_as_aa_max_only"] == max(r["aa_only"] for r in check["main"]["rows"] + check["other"]["rows"])
