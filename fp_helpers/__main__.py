@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             elif args.experiment == "cifar-autoattack":
                 from .cifar_experiments import cifar_config, run_cifar_autoattack
 
+                if args.models is None or not (Path(args.models) / "result.json").is_file():
+                    raise ValueError(f"run cifar-autoattack attacks a saved run: --models must be a folder written by "
+                                     f"`run cifar --save-dir` (got {args.models!r})")
                 cfg = cifar_config(profile, args.overrides, seed=args.seed)
                 if _is_current(args, cfg):
                     return 0

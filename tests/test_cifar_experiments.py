@@ -679,39 +679,61 @@ def test_attack_check_takes_autoattack_into_the_worst_case(monkeypatch):
     assert g["cf_as_aa_max_only"] == max(r["aa_only"] for r in check["main"]["rows"] + check["other"]["rows"])
     assert cx.attack_check_glue(without)["cf_as_aa_text"] == "AutoAttack was not run"
     assert cx.attack_check_rows(without)[0][6] == "not run"
+    # AutoAttack that breaks exactly what ours break: nothing only one side breaks, and the text says so
+    same = dict(aa, **{part: {**aa[part], "models": {k: {**v, "robust": "".join(
+        "1" if b else "0" for b in without[part]["rows"][i]["_worst"].tolist())} for i, (k, v) in
+        enumerate(aa[part]["models"].items())}} for part in ("main", "other")})
+    g0 = cx.attack_check_glue(cx.attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1, autoattack=same))
+    assert g0["cf_as_aa_max_only"] == 0 and g0["cf_as_aa_alone"] == 5
+    assert g0["cf_as_aa_text"].startswith("AutoAttack breaks no image") and "on all 5 model-norm pairs" in g0["cf_as_aa_text"]
     bad = dict(aa, images="0" * 16)  # a result of other images is refused, not merged
     with pytest.raises(ValueError, match="other images"):
         cx.attack_check(res, cfg, labels, x, y, strong_steps=5, strong_restarts=1, autoattack=bad)
 
 
-def test_saved_autoattack_is_used_only_for_its_config_images_and_attacks(tmp_path, monkeypatch):
+def test_saved_autoattack_is_used_only_for_its_run_config_images_and_attacks(tmp_path, monkeypatch):
     from fp_helpers import cifar_experiments as cx
     from fp_helpers.provenance import stamp
 
     cfg = cifar_config("quick", ["eps=0.1"])
     res = _fake_result()
     res["_models"] = {k: _toy_model(seed=i) for i, k in enumerate(["clean", "adv_from_clean", "lowrank_4"])}
+    res["provenance"] = {"date": "2026-01-01T00:00:00Z", "code": {"hash": "abc"}}
     x, y = _toy_batch(res["_models"]["adv_from_clean"], n=20)
     monkeypatch.setitem(cx.AUTOATTACK_ATTACKS, "quick", ("apgd-ce",))
     saved = stamp(cx.autoattack_check(res, cfg, x, y, attacks=("apgd-ce",)), "cifar-autoattack", cfg, "quick")
+    saved["run"] = {"date": "2026-01-01T00:00:00Z", "code": "abc", "stale": []}
     path = tmp_path / "aa.json"
     path.write_text(json.dumps(saved))
-    calls = []
-    real = cx.autoattack_check
-    monkeypatch.setattr(cx, "autoattack_check", lambda *a, **k: calls.append(1) or real(*a, **k))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # current code, same config: loaded silently
+        warnings.simplefilter("error")  # current code, this run, same config: loaded silently
         got = cx.load_or_run_autoattack(res, cfg, x, y, path, profile="quick")
-    assert not calls and got["main"]["models"] == saved["main"]["models"]
+    assert "loaded_from" in got and got["main"]["models"] == saved["main"]["models"]
     with pytest.warns(UserWarning, match="other images"):
-        cx.load_or_run_autoattack(res, cfg, x[:10], y[:10], path, profile="quick")
+        assert "loaded_from" not in cx.load_or_run_autoattack(res, cfg, x[:10], y[:10], path, profile="quick")
+    redone = dict(res, provenance={"date": "2026-02-01T00:00:00Z", "code": {"hash": "abc"}})  # same config, new run
+    with pytest.warns(UserWarning, match="another run"):
+        assert "loaded_from" not in cx.load_or_run_autoattack(redone, cfg, x, y, path, profile="quick")
+    with pytest.warns(UserWarning, match="another config"):
+        assert "loaded_from" not in cx.load_or_run_autoattack(res, cifar_config("quick", ["eps=0.2"]), x, y, path,
+                                                              profile="quick")
     monkeypatch.setitem(cx.AUTOATTACK_ATTACKS, "quick", ("apgd-ce", "apgd-t"))
     with pytest.warns(UserWarning, match="recomputing AutoAttack"):
         again = cx.load_or_run_autoattack(res, cfg, x, y, path, profile="quick")
-    assert again["version"] == "custom version: APGD-CE, APGD-T"
-    with pytest.warns(UserWarning, match="another config"):
-        cx.load_or_run_autoattack(res, cifar_config("quick", ["eps=0.2"]), x, y, path, profile="quick")
-    assert len(calls) == 3
+    assert "loaded_from" not in again and again["version"] == "custom version: APGD-CE, APGD-T"
+
+
+def test_autoattack_refuses_points_outside_the_ball(monkeypatch):
+    import pyautoattack
+
+    from fp_helpers.cifar_experiments import autoattack
+
+    model = _toy_model()
+    x, y = _toy_batch(model, n=8)
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation",
+                        lambda self, x, y, **kw: ((x + 0.05).clamp(0, 1), y))  # 0.05 > eps = 0.03
+    with pytest.raises(RuntimeError, match="outside the linf ball"):
+        autoattack({"toy": model}, x, y, "linf", 0.03, attacks=("apgd-ce",))
 
 
 @needs_subset
@@ -731,9 +753,16 @@ def test_cli_autoattack_attacks_the_saved_run_and_records_how(tiny_run, tmp_path
     assert f"--models {tmp_path / 'run'}" in saved["provenance"]["command"]
     assert saved["run"]["date"] == r["provenance"]["date"] and saved["n"] == r["n_test"]
     assert not stale_reasons(saved)["config"] and not stale_reasons(saved)["code"]
+    from fp_helpers.attacks import margins
+    from fp_helpers.cifar_experiments import evaluation_images
+
+    x, y = evaluation_images(cfg, DATA)
     for part in ("main", "other"):
         for key, v in saved[part]["models"].items():
-            # AutoAttack never leaves more images correct than the run's own PGD evaluation of the same model
-            run_acc = r["experiments"]["clean_other" if (part, key) == ("other", "clean") else key]["robust_acc"]
-            assert v["acc"] <= run_acc + 1e-9 and len(v["robust"]) == saved["n"]
+            robust = torch.tensor([c == "1" for c in v["robust"]])
+            # an image counts as robust only if the model classifies it correctly unattacked
+            assert len(robust) == saved["n"] and not (robust & ~(margins(r["_models"][key], x, y) > 0).cpu()).any()
     assert "AutoAttack (custom version: APGD-CE)" in capsys.readouterr().out
+    missing = ["run", "cifar-autoattack", "--profile", "quick", "--models", str(tmp_path / "nothing"), "--out",
+               str(tmp_path / "x.json")]
+    assert main(missing) == 2 and "--models must be a folder" in capsys.readouterr().err
