@@ -764,11 +764,11 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
     ``eval_restarts`` starts, cross-entropy, :func:`fp_helpers.attacks.pgd`), a stronger PGD with the margin
     (Carlini-Wagner) loss (``strong_steps`` steps, ``strong_restarts`` starts: the image, then random points;
     :func:`fixed_pgd`), optionally AutoAttack (``autoattack``, below), and the worst case over all of them per
-    image. The attacks run on the same images, so they are compared image by image: per model, ``strong_only`` (images the stronger PGD breaks and the run's PGD does
-    not), ``run_only`` (the other way) and ``extra`` (images the worst case breaks that the run's PGD left
-    correct). ``ordered`` is True when, for every model, FGSM >= run's PGD and the stronger attacks are not above the
-    run's PGD (per model: its row's ``ordered``); ``max_gap`` is the largest drop from the run's PGD to the worst case, ``max_extra`` the largest
-    ``extra``.
+    image. The attacks run on the same images, so they are compared image by image: per model, ``strong_only``
+    (images the stronger PGD breaks and the run's PGD does not), ``run_only`` (the other way) and ``extra`` (images
+    the worst case breaks that the run's PGD left correct). ``ordered`` is True when, for every model, FGSM >= run's
+    PGD and the stronger attacks are not above the run's PGD (per model: its row's ``ordered``); ``max_gap`` is the
+    largest drop from the run's PGD to the worst case, ``max_extra`` the largest ``extra``.
 
     The box check: :func:`fp_helpers.attacks.pgd` clips each iterate to the images ``[0, 1]`` but keeps the
     unclipped perturbation for the next step, so part of an l2 budget can sit outside the box. Per model,
@@ -806,14 +806,14 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
                                   generator=g, stop_when_broken=True)
             strong[idx[broken]] = False
         aa = None if autoattack is None else autoattack[label].to(correct.device)
-        worst = correct & fg & run & strong & (aa if aa is not None else True)
+        ours = correct & fg & run & strong  # the worst case of our three attacks
+        worst = ours if aa is None else ours & aa
         first = margins(m, pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, restarts=1, clip=(0.0, 1.0)), y) > 0
         _, box_broken = fixed_pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, loss="ce", stop_when_broken=True)
         boxed = correct & ~box_broken
         acc = {k: v.float().mean().item() for k, v in
                (("clean", correct), ("fgsm", fg), ("pgd_run", run), ("strong", strong), ("worst", worst))}
         acc["autoattack"] = aa.float().mean().item() if aa is not None else None
-        ours = correct & fg & run & strong  # the worst case of our three attacks
         aa_only = int((ours & ~aa).sum()) if aa is not None else None
         ours_only = int((aa & ~ours).sum()) if aa is not None else None
         se = standard_error(acc["pgd_run"], n)
@@ -823,7 +823,8 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
         gaps.append(acc["pgd_run"] - acc["worst"])
         rows.append({"model": label, "norm": norm, "eps": eps, **acc, "se_pgd_run": se, "ordered": bool(row_ordered),
                      "strong_only": int((run & ~strong).sum()), "run_only": int((strong & ~run).sum()),
-                     "extra": int((run & ~worst).sum()), "aa_only": aa_only, "ours_only": ours_only, "box_only": int((first & ~boxed).sum()),
+                     "extra": int((run & ~worst).sum()), "aa_only": aa_only, "ours_only": ours_only,
+                     "box_only": int((first & ~boxed).sum()),
                      "unboxed_only": int((boxed & ~first).sum()), "_run": run.cpu(), "_worst": worst.cpu()})
     extra = max(r["extra"] for r in rows)
     n_attacks = "three" if autoattack is None else "four"
@@ -882,14 +883,14 @@ def worst_case_comparisons(check: dict, pairs: list[tuple[str, str]]) -> list[di
 ATTACK_CHECK_KEYS = ("clean", "adv_scratch", "adv_from_clean", "adv_from_clean_pgd", "<best low rank>", "bn_only")
 
 
-ATTACK_CHECK_N = 2000  # the attack check's cap on images: all of the CPU subset's test images, a fifth of the full test set
+ATTACK_CHECK_N = 2000  # the attack check's cap on images: all of the CPU subset's test images, a fifth of the full set
 
 
 def attack_check_keys(result: dict) -> tuple[list[str], list[str], str]:
     """The models of the chapter's attack check in ``result`` (a loaded run: those with a model; else a saved run's
-    numbers): the experiment keys checked in the run's norm (:data:`ATTACK_CHECK_KEYS`, the best low-rank run by the run's PGD in place of
-    ``<best low rank>``; those the run has), those checked in the other norm ((a) and (c'')), and the best low-rank
-    run's key."""
+    numbers): the experiment keys checked in the run's norm (:data:`ATTACK_CHECK_KEYS`, the best low-rank run by the
+    run's PGD in place of ``<best low rank>``; those the run has), those checked in the other norm ((a) and (c'')),
+    and the best low-rank run's key."""
     best_lr = f"lowrank_{lowrank_summary(result)['best']['rank']}"
     have = result["_models"] if "_models" in result else result["experiments"]
     keys = [best_lr if k == "<best low rank>" else k for k in ATTACK_CHECK_KEYS]
@@ -995,8 +996,8 @@ def autoattack_check(result: dict, cfg: CifarConfig, x: torch.Tensor, y: torch.T
     """:func:`autoattack` on the models of the chapter's attack check (:func:`attack_check_keys`), on the first
     ``n_check`` images of ``x, y``: in the run's norm (``main``) and, for (a) and (c''), in the other norm (``other``),
     at the run's radii, with ``attacks`` (None: the standard version). JSON-ready: ``n``, ``images`` (a fingerprint of
-    the images, checked by :func:`attack_check`), ``version`` (:func:`autoattack_version`), ``pyautoattack`` (the package's version), ``main`` / ``other``: ``{"norm", "eps", "models": {key:
-    {"acc", "robust", "seconds"}}}``."""
+    the images, checked by :func:`attack_check`), ``version`` (:func:`autoattack_version`), ``pyautoattack`` (the
+    package's version), ``main`` / ``other``: ``{"norm", "eps", "models": {key: {"acc", "robust", "seconds"}}}``."""
     from importlib.metadata import version as _version
 
     if not isinstance(n_check, int) or n_check < 1:
@@ -1015,9 +1016,9 @@ def autoattack_check(result: dict, cfg: CifarConfig, x: torch.Tensor, y: torch.T
 def run_cifar_autoattack(cfg: CifarConfig, models_dir=None, data_dir=None, device=None, progress=None,
                          profile: str | None = None, n_check: int = ATTACK_CHECK_N) -> dict:
     """``python -m fp_helpers run cifar-autoattack``: :func:`autoattack_check` of the run of ``cfg`` saved in
-    ``models_dir`` (``run cifar --save-dir``; trained now when there is none), on its evaluation images, with the
-    profile's attacks (:data:`AUTOATTACK_ATTACKS`); stamped
-    with the config, the run it attacked (``run``: where, when, by which code) and provenance. The chapter loads it
+    ``models_dir`` (``run cifar --save-dir``; trained now when there is none; the command line requires it), on its
+    evaluation images, with the profile's attacks (:data:`AUTOATTACK_ATTACKS`); stamped with the config, the run it
+    attacked (``run``: when, by which code) and provenance. The chapter loads it
     with :func:`load_or_run_autoattack` (AutoAttack takes minutes per model on a CPU)."""
     cfg = cfg.validate()
     t0 = time.perf_counter()
@@ -1078,7 +1079,8 @@ def describe_autoattack(aa: dict) -> str:
     if "loaded_from" in aa:
         env = aa.get("environment") or {}
         return text + (f"loaded from {aa['loaded_from']} (made {aa['provenance']['date']} on "
-                       f"{env.get('device_name', aa['provenance'].get('device_name', '?'))}, {per_model:.0f} s of attacks)")
+                       f"{env.get('device_name', aa['provenance'].get('device_name', '?'))}, "
+                       f"{per_model:.0f} s of attacks)")
     return text + f"run now ({per_model:.0f} s)"
 
 
