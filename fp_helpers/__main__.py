@@ -24,9 +24,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from .provenance import CLI_EXPERIMENTS as EXPERIMENTS
 from .provenance import write_json_atomic  # noqa: F401  (kept here: scripts import it from fp_helpers.__main__)
 
-EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check", "cifar-autoattack")
 BENCHES = ("synthetic", "ntk", "cifar", "all")
 
 
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default=None, help="CIFAR-10 folder or .npz (default: $FP_DATA_DIR, then the cache)")
     run.add_argument("--save-dir", default=None, help="cifar: also save the trained models there (notebooks load them)")
     run.add_argument("--models", default=None,
-                     help="cifar-autoattack: the saved run to attack (a --save-dir of run cifar; trained when absent)")
+                     help="cifar-autoattack: the saved run to attack (the --save-dir of a run cifar; required)")
     run.add_argument("--out", required=True, help="where to write the JSON results")
     run.add_argument("--progress", action="store_true", help="show progress bars")
     run.add_argument("--checkpoint-dir", default=None,

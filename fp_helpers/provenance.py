@@ -66,7 +66,8 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
 # "bench": the benchmarks time the package's code, so their results depend on every definition bench.py reaches
 # (bench.py itself is bookkeeping: it measures, it computes no number of the book)
 EXPERIMENTS = tuple(ENTRY_POINTS) + ("bench", "package")
-CLI_EXPERIMENTS = tuple(ENTRY_POINTS)  # those `python -m fp_helpers run` makes
+# those `python -m fp_helpers run` makes (seed_curves is made inside the chapters only)
+CLI_EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check", "cifar-autoattack")
 # bookkeeping that never changes a number: left out of every fingerprint
 BOOKKEEPING_MODULES = frozenset({"provenance", "checkpoints", "__main__", "__init__", "book", "plots", "bench",
                                  "parallel"})  # parallel: where runs execute, never their numbers (test_parallel)

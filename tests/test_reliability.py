@@ -516,3 +516,15 @@ def test_checkpoint_units_are_atomic_and_verified(tmp_path):
         assert ck.load("unit") is None
     assert checkpoints.checkpoint_root("off") is None and checkpoints.checkpoint_root(False) is None
     assert not checkpoints.RunCheckpoints("x", {}, "off").enabled
+
+
+def test_every_command_line_experiment_has_a_fingerprint_and_a_config():
+    from fp_helpers.__main__ import EXPERIMENTS
+    from fp_helpers.provenance import CLI_EXPERIMENTS, ENTRY_POINTS, profile_config
+
+    assert EXPERIMENTS == CLI_EXPERIMENTS
+    for experiment in CLI_EXPERIMENTS:
+        assert experiment in ENTRY_POINTS  # a result it writes can be checked for staleness
+        assert profile_config(experiment, "quick")  # and its recorded command can be re-read
+    with pytest.raises(ValueError, match="no command-line experiment"):
+        profile_config("seed_curves", "quick")  # made inside the chapters only
