@@ -5,7 +5,8 @@
     python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json
     python -m fp_helpers run lowrank --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
     python -m fp_helpers run attack-check --profile quick|full [--seed N] [--set key=value ...] --out FILE.json
-    python -m fp_helpers run cifar-autoattack --profile quick|full [--data PATH] [--models DIR] [--set ...] --out FILE.json
+    python -m fp_helpers run cifar-autoattack --profile quick|full [--data PATH] --models DIR [--set ...] --out FILE.json
+    python -m fp_helpers run cifar-frozen-bn --profile quick|full [--data PATH] --models DIR [--set ...] --out FILE.json
     python -m fp_helpers bench synthetic|ntk|cifar|all [--steps N] [--batch B] [--batches N] [--compile] [--out FILE]
     python -m fp_helpers check FILE_OR_FOLDER ...     # is a saved result current? (exit 1 if not)
 
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from .provenance import CLI_EXPERIMENTS as EXPERIMENTS
+from .provenance import ON_SAVED_RUN
 from .provenance import write_json_atomic  # noqa: F401  (kept here: scripts import it from fp_helpers.__main__)
 
 BENCHES = ("synthetic", "ntk", "cifar", "all")
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default=None, help="CIFAR-10 folder or .npz (default: $FP_DATA_DIR, then the cache)")
     run.add_argument("--save-dir", default=None, help="cifar: also save the trained models there (notebooks load them)")
     run.add_argument("--models", default=None,
-                     help="cifar-autoattack: the saved run to attack (the --save-dir of a run cifar; required)")
+                     help="cifar-autoattack, cifar-frozen-bn: the saved run they start from (the --save-dir of a "
+                          "run cifar; required)")
     run.add_argument("--out", required=True, help="where to write the JSON results")
     run.add_argument("--progress", action="store_true", help="show progress bars")
     run.add_argument("--checkpoint-dir", default=None,
@@ -72,9 +75,9 @@ def _stamp_command(result: dict, experiment: str, profile: str, args, argv: list
     """The exact command that recomputes ``args.out`` (and the one that was typed) into the provenance."""
     from .provenance import cli_command
 
-    data = (args.data or os.environ.get("FP_DATA_DIR")) if experiment in ("cifar", "cifar-autoattack") else None
+    data = (args.data or os.environ.get("FP_DATA_DIR")) if experiment in ("cifar",) + ON_SAVED_RUN else None
     extra = ("--data", data) if data else ()
-    if experiment == "cifar-autoattack" and args.models is not None:
+    if experiment in ON_SAVED_RUN and args.models is not None:
         extra += ("--models", args.models)
     prov = result["provenance"]
     prov["command"] = cli_command(experiment, profile, result["config"], args.out, extra)
@@ -198,22 +201,28 @@ def main(argv: list[str] | None = None) -> int:
                 ex = result["experiments"]
                 print(f"wrote {args.out} in {result['seconds']:.1f}s | {result['data']} | {result['attack']}: "
                       + ", ".join(f"{k} {v['clean_acc']:.3f}/{v['robust_acc']:.3f}" for k, v in ex.items()))
-            elif args.experiment == "cifar-autoattack":
-                from .cifar_experiments import cifar_config, run_cifar_autoattack
+            elif args.experiment in ON_SAVED_RUN:
+                from . import cifar_experiments as cx
 
                 if args.models is None or not (Path(args.models) / "result.json").is_file():
-                    raise ValueError(f"run cifar-autoattack attacks a saved run: --models must be a folder written by "
-                                     f"`run cifar --save-dir` (got {args.models!r})")
-                cfg = cifar_config(profile, args.overrides, seed=args.seed)
+                    raise ValueError(f"run {args.experiment} starts from a saved run: --models must be a folder "
+                                     f"written by `run cifar --save-dir` (got {args.models!r})")
+                cfg = cx.cifar_config(profile, args.overrides, seed=args.seed)
                 if _is_current(args, cfg):
                     return 0
-                result = run_cifar_autoattack(cfg, models_dir=args.models, data_dir=args.data, device=args.device,
+                run = {"cifar-autoattack": cx.run_cifar_autoattack, "cifar-frozen-bn": cx.run_cifar_frozen_bn}
+                result = run[args.experiment](cfg, models_dir=args.models, data_dir=args.data, device=args.device,
                                               progress=args.progress, profile=profile)
-                _stamp_command(result, "cifar-autoattack", profile, args, argv)
+                _stamp_command(result, args.experiment, profile, args, argv)
                 write_json_atomic(args.out, result)
-                print(f"wrote {args.out} in {result['seconds']:.1f}s | AutoAttack ({result['version']}) on "
-                      f"{result['n']} images: " + ", ".join(f"{k} {v['acc']:.3f}" for part in ("main", "other")
-                                                              for k, v in result[part]["models"].items()))
+                if args.experiment == "cifar-autoattack":
+                    print(f"wrote {args.out} in {result['seconds']:.1f}s | AutoAttack ({result['version']}) on "
+                          f"{result['n']} images: " + ", ".join(f"{k} {v['acc']:.3f}" for part in ("main", "other")
+                                                                  for k, v in result[part]["models"].items()))
+                else:
+                    print(f"wrote {args.out} in {result['seconds']:.1f}s | clean/PGD accuracy: "
+                          + ", ".join(f"{k} {v['clean_acc']:.3f}/{v['robust_acc']:.3f}"
+                                      for k, v in result["runs"].items()))
             else:
                 from .lower_bounds import lower_bounds_config, model_names, run_lower_bounds
 

@@ -60,6 +60,7 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "lower-bounds": ("lower_bounds.run_lower_bounds",),
     "cifar": ("cifar_experiments.run_cifar",),
     "cifar-autoattack": ("cifar_experiments.run_cifar_autoattack",),
+    "cifar-frozen-bn": ("cifar_experiments.run_cifar_frozen_bn",),
     "lowrank": ("experiments.run_lowrank",),
     "attack-check": ("experiments.run_attack_check",),
 }
@@ -67,7 +68,10 @@ ENTRY_POINTS: dict[str, tuple[str, ...]] = {
 # (bench.py itself is bookkeeping: it measures, it computes no number of the book)
 EXPERIMENTS = tuple(ENTRY_POINTS) + ("bench", "package")
 # those `python -m fp_helpers run` makes (seed_curves is made inside the chapters only)
-CLI_EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check", "cifar-autoattack")
+CLI_EXPERIMENTS = ("synthetic", "lower-bounds", "cifar", "lowrank", "attack-check", "cifar-autoattack",
+                   "cifar-frozen-bn")
+# those that start from a saved `run cifar` (--models): their config is the run's
+ON_SAVED_RUN = ("cifar-autoattack", "cifar-frozen-bn")
 # bookkeeping that never changes a number: left out of every fingerprint
 BOOKKEEPING_MODULES = frozenset({"provenance", "checkpoints", "__main__", "__init__", "book", "plots", "bench",
                                  "parallel"})  # parallel: where runs execute, never their numbers (test_parallel)
@@ -382,7 +386,7 @@ def profile_config(experiment: str, profile: str, overrides=None, seed: int | No
         from .lower_bounds import lower_bounds_config
 
         return config_dict(lower_bounds_config(profile, overrides, seed=seed))
-    if experiment in ("cifar", "cifar-autoattack"):  # AutoAttack on a saved run: the run's config
+    if experiment in ("cifar",) + ON_SAVED_RUN:  # a command on a saved run: the run's config
         from .cifar_experiments import cifar_config
 
         return config_dict(cifar_config(profile, overrides, seed=seed))
