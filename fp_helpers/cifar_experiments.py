@@ -1431,8 +1431,9 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
     """Train and evaluate :func:`frozen_bn_followup_runs` from the clean model of ``result`` (a run of ``cfg`` with
     its models): the same low-rank model with batch norm frozen, training schedule, data, held-out check and PGD
     evaluation as the run's own frozen control (a run here at the control's learning rate and attack reproduces it:
-    see the tests), only the learning rate or the attack changed. Returns ``{key: {clean_acc, robust_acc, ..., rank,
-    lr, attack, history, cos_clean_median, rel_change_median, ...}}``."""
+    see the tests), only the learning rate or the attack changed. Returns ``{key: {clean_acc, robust_acc, attack (the
+    evaluation's), ..., rank, lr, train_attack ("none" or the run's), history, cos_clean_median, rel_change_median,
+    ...}}``."""
     import dataclasses
 
     dev = get_device(device)
@@ -1454,7 +1455,7 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
         h["wall_seconds"] = round(time.perf_counter() - t, 1)
         g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
         ev = evaluate_cifar(m, x_te, y_te, cfg.radius, cfg.norm, cfg.eval_pgd_steps, cfg.eval_restarts, generator=g)
-        out[key] = {**ev, "rank": r, "lr": lr, "attack": attack, "train_bn": False, "history": h,
+        out[key] = {**ev, "rank": r, "lr": lr, "train_attack": attack, "train_bn": False, "history": h,
                     **weight_change(clean, m)}
     return out
 
@@ -1497,15 +1498,15 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     """What the follow-up adds to :func:`frozen_bn_control` ``ctrl``: its table rows, and two sentences (``verdict``
     for the text, ``summary`` for the chapter's summary) saying whether the frozen-batch-norm training collapses
     without the attack (then the collapse is not the attack's doing) and whether a smaller learning rate avoids it
-    with the attack. ``clean``: the clean model's evaluation (its clean accuracy is what training without the attack
-    starts from)."""
+    with the attack, and ``source`` (where the follow-up comes from: loaded, and made when and where, or run now).
+    ``clean``: the clean model's evaluation (its clean accuracy is what training without the attack starts from)."""
     runs = follow["runs"]
     rows = [{"label": f"follow-up: r={v['rank']}, batch norm frozen, lr={v['lr']:g}, "
-                      + ("no attack" if v["attack"] == "none" else f"attack {v['attack']}"),
+                      + ("no attack" if v["train_attack"] == "none" else "with the attack"),
              "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
             for v in runs.values()]
-    plain = [v for v in runs.values() if v["attack"] == "none"]
-    adv = [v for v in runs.values() if v["attack"] != "none"]
+    plain = [v for v in runs.values() if v["train_attack"] == "none"]
+    adv = [v for v in runs.values() if v["train_attack"] != "none"]
     lrs = ", ".join(f"{v['lr']:g}" for v in adv)
     ok_plain = [v for v in plain if v["clean_acc"] > COLLAPSE_ACC]
     ok_adv = [v for v in adv if v["clean_acc"] > COLLAPSE_ACC]
@@ -1542,7 +1543,13 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     if ok_plain and adv and not ok_adv:
         parts.append("That is what the hypothesis predicts, and it leaves the frozen statistics the likeliest cause; it "
                      "does not prove them the cause (other optimisers or schedules are untried).")
-    return {"rows": rows, "verdict": " ".join(parts), "summary": "; ".join(summary)}
+    if "loaded_from" in follow:
+        env = follow.get("environment") or {}
+        source = (f"frozen-batch-norm follow-up: loaded from {follow['loaded_from']} (made "
+                  f"{follow['provenance']['date']} on {env.get('device_name', '?')}, {follow['seconds']:.0f} s)")
+    else:
+        source = "frozen-batch-norm follow-up: run now"
+    return {"rows": rows, "verdict": " ".join(parts), "summary": "; ".join(summary), "source": source}
 
 
 RUNS_HEADER = ["run", "starts from", "training attack", "norm, radius", "epochs", "learning rate", "what it asks"]
@@ -1577,6 +1584,12 @@ def runs_overview(cfg: CifarConfig) -> list[list]:
     if cfg.frozen_bn_lrs:
         rows.append(row(f"control of (d): rank {max(cfg.ranks)}, batch norm frozen", "(a)'s weights", "lowrank",
                         "(d) without the batch-norm confound", lrs=cfg.frozen_bn_lrs))
+        t = cfg.train_config("lowrank")
+        rows.append(["follow-up of that control: without attack", "(a)'s weights", "none", "-", t.epochs,
+                     ", ".join(f"{lr:g}" for lr in cfg.frozen_bn_lrs),
+                     "does training through frozen batch norm work at all? (run cifar-frozen-bn)"])
+        rows.append(row("follow-up of that control: smaller learning rates", "(a)'s weights", "lowrank",
+                        "is its collapse a matter of step size? (run cifar-frozen-bn)", lrs=FROZEN_BN_FOLLOWUP_LRS))
     if cfg.direction_controls:
         rows.append(row("control: (c) at seed + 1", "(a)'s weights", "ft", "does another run of (c) change the same directions?",
                         seed=cfg.seed + 1))

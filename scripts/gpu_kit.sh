@@ -9,7 +9,8 @@
 #   bash scripts/gpu_kit.sh bench          # python -m fp_helpers bench all -> results/bench/<gpu>.json (and <gpu>-compile.json)
 #   bash scripts/gpu_kit.sh synthetic      # theory .. lower_bounds at FP_PROFILE=full, outputs written back, timed
 #   bash scripts/gpu_kit.sh cifar          # run cifar --profile full -> results/cifar/full-gpu, run cifar-autoattack
-#                                          # -> results/cifar/full-gpu_autoattack.json; then the chapter
+#                                          # -> results/cifar/full-gpu_autoattack.json, run cifar-frozen-bn ->
+#                                          # results/cifar/full-gpu_frozen_bn_followup.json; then the chapter
 #   bash scripts/gpu_kit.sh appendix       # the execution-statistics appendix (reads the times just recorded)
 #   bash scripts/gpu_kit.sh all            # ONE call for a lent GPU with little device time (15 minutes, start-up
 #                                          # included): bench, cifar, synthetic, appendix, most valuable first,
@@ -119,6 +120,10 @@ SLIM
       timed "$PY" -m fp_helpers run cifar-autoattack --profile "$PROFILE" --data "$FP_DATA_DIR" \
         --models "results/cifar/$PROFILE-gpu" --out "results/cifar/$PROFILE-gpu_autoattack.json" \
         || echo "run cifar-autoattack: rc $?" >&2
+      # the frozen-batch-norm follow-up from the run's clean model (likewise loaded by the chapter)
+      timed "$PY" -m fp_helpers run cifar-frozen-bn --profile "$PROFILE" --data "$FP_DATA_DIR" \
+        --models "results/cifar/$PROFILE-gpu" --out "results/cifar/$PROFILE-gpu_frozen_bn_followup.json" \
+        || echo "run cifar-frozen-bn: rc $?" >&2
       FP_PROFILE=$PROFILE timed "$PY" scripts/execute_notebooks.py book/cifar10.ipynb || echo "cifar chapter: rc $?" >&2
     else
       echo "run cifar failed or ran out of time (rc $?): the chapter is not re-executed" >&2

@@ -766,3 +766,113 @@ def test_cli_autoattack_attacks_the_saved_run_and_records_how(tiny_run, tmp_path
     missing = ["run", "cifar-autoattack", "--profile", "quick", "--models", str(tmp_path / "nothing"), "--out",
                str(tmp_path / "x.json")]
     assert main(missing) == 2 and "--models must be a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the frozen-batch-norm follow-up (run cifar-frozen-bn)
+
+@needs_subset
+def test_frozen_bn_followup_reproduces_the_runs_control_and_trains_without_the_attack(tiny_run):
+    from fp_helpers import cifar_experiments as cx
+
+    cfg, r = tiny_run
+    lr = cfg.frozen_bn_lrs[0]
+    with threads(1):
+        out = cx.frozen_bn_followup(r, cfg, DATA, "cpu", lrs=(lr,))
+    key = frozen_bn_key(cfg.frozen_bn_rank, lr)
+    assert list(out) == [key + "_noattack", key]
+    mine, run = out[key], r["experiments"][key]
+    # the same model, schedule, data, held-out check and evaluation as the run's own control: identical numbers
+    for f in ("clean_acc", "robust_acc", "cos_clean_median", "rel_change_median"):
+        assert mine[f] == run[f], f
+    assert mine["history"]["train_loss"] == run["history"]["train_loss"]
+    plain = out[key + "_noattack"]
+    assert plain["train_attack"] == "none" and plain["history"]["config"]["attack"] == "none"
+    assert mine["train_attack"] == cfg.attack and mine["attack"] == run["attack"]  # the evaluation's, as the run's
+    assert plain["history"]["config"]["lr"] == lr and plain["rank"] == cfg.frozen_bn_rank
+    assert plain["history"]["train_loss"] != run["history"]["train_loss"]  # the attack is really left out
+    assert r["_models"]["clean"].training is False  # the run's clean model is left as it was
+
+
+def _followup(clean_noattack, adv):
+    pgd = "PGD-50 x2 restarts, linf, eps=0.0313725"
+    runs = {"frozen_bn_r8_lr0p01_noattack": {"rank": 8, "lr": 0.01, "train_attack": "none", "attack": pgd,
+                                             "clean_acc": clean_noattack, "robust_acc": 0.0, "eps": 8 / 255,
+                                             "norm": "linf"}}
+    for lr, acc in adv:
+        runs[frozen_bn_key(8, lr)] = {"rank": 8, "lr": lr, "train_attack": "fgsm_rs", "attack": pgd, "clean_acc": acc,
+                                      "robust_acc": 0.1 if acc > 0.15 else acc, "eps": 8 / 255, "norm": "linf"}
+    return {"runs": runs}
+
+
+def test_frozen_bn_followup_summary_says_what_each_outcome_means():
+    from fp_helpers import cifar_experiments as cx
+
+    ctrl = {"best": {"lr": 0.01, "rank": 8, "clean_acc": 0.10}}
+    clean = {"clean_acc": 0.70}
+    # collapses only with the attack, at every learning rate: the attack's doing, not step size
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.10), (0.003, 0.10)]), clean)
+    assert "does not collapse: clean accuracy 0.690" in s["verdict"] and "0.700" in s["verdict"]
+    assert "between learning rates 0.001 and 0.01" in s["verdict"] and "likeliest cause" in s["verdict"]
+    assert len(s["rows"]) == 3 and "no attack" in s["rows"][0]["label"] and "with the attack" in s["rows"][1]["label"]
+    assert s["rows"][0]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
+    # collapses without the attack too: no evidence about adversarial inputs
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.10, [(0.001, 0.10)]), clean)
+    assert "collapses too" in s["verdict"] and "not evidence about adversarial inputs" in s["verdict"]
+    assert "even without the attack" in s["summary"] and "likeliest" not in s["verdict"]
+    # a smaller step avoids it: partly a matter of step size
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.40), (0.003, 0.10)]), clean)
+    assert "does not collapse at 0.001 " in s["verdict"] and "matter of step size" in s["verdict"]
+    assert "smaller learning rate (0.001)" in s["summary"] and "likeliest" not in s["verdict"]
+
+
+def test_saved_frozen_bn_followup_is_used_only_for_its_run_and_learning_rates(tmp_path, monkeypatch):
+    from fp_helpers import cifar_experiments as cx
+    from fp_helpers.provenance import stamp
+
+    cfg = cifar_config("quick")
+    res = {"provenance": {"date": "2026-01-01T00:00:00Z", "code": {"hash": "abc"}}}
+    runs = {k: {"lr": lr, "train_attack": a} for k, lr, a in cx.frozen_bn_followup_runs(cfg)}
+    saved = stamp({"runs": runs, "run": {"date": "2026-01-01T00:00:00Z", "code": "abc", "stale": []}},
+                  "cifar-frozen-bn", cfg, "quick")
+    path = tmp_path / "fb.json"
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(cx, "frozen_bn_followup", lambda *a, **k: {"recomputed": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # current code, this run, same config and learning rates: loaded silently
+        got = cx.load_or_run_frozen_bn(res, cfg, path)
+    assert got["runs"] == runs and "loaded_from" in got
+    redone = {"provenance": {"date": "2026-02-01T00:00:00Z", "code": {"hash": "abc"}}}
+    with pytest.warns(UserWarning, match="another run"):
+        assert cx.load_or_run_frozen_bn(redone, cfg, path) == {"runs": {"recomputed": True}}
+    with pytest.warns(UserWarning, match="another config"):
+        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cifar_config("quick", ["eps=0.2"]), path)
+    fewer = dict(saved, runs={k: v for k, v in runs.items() if v["train_attack"] == "none"})  # other learning rates
+    path.write_text(json.dumps(fewer))
+    with pytest.warns(UserWarning, match="recomputing the frozen-batch-norm follow-up"):
+        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, path)
+    assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, tmp_path / "missing.json")
+
+
+@needs_subset
+def test_cli_frozen_bn_starts_from_the_saved_run_and_records_how(tiny_run, tmp_path, monkeypatch, capsys):
+    from fp_helpers import cifar_experiments as cx
+    from fp_helpers.provenance import stale_reasons
+
+    cfg, r = tiny_run
+    save_run(r, tmp_path / "run")
+    out = tmp_path / "fb.json"
+    args = ["run", "cifar-frozen-bn", "--profile", "quick", "--data", str(DATA), "--models", str(tmp_path / "run"),
+            "--checkpoint-dir", "off", "--out", str(out)] + [a for s in TINY for a in ("--set", s)]
+    with threads(1):
+        assert main(args) == 0
+    saved = json.loads(out.read_text())
+    assert f"--models {tmp_path / 'run'}" in saved["provenance"]["command"]
+    assert saved["run"]["date"] == r["provenance"]["date"]
+    assert not stale_reasons(saved)["config"] and not stale_reasons(saved)["code"]
+    assert sorted(saved["runs"]) == sorted(k for k, _, _ in cx.frozen_bn_followup_runs(cfg))
+    for v in saved["runs"].values():
+        assert 0 <= v["robust_acc"] <= v["clean_acc"] <= 1 and v["n"] == r["n_test"]
+    assert "clean/PGD accuracy: frozen_bn_r2_lr0p01_noattack" in capsys.readouterr().out
+    missing = ["run", "cifar-frozen-bn", "--profile", "quick", "--models", str(tmp_path / "nothing"), "--out",
+               str(tmp_path / "x.json")]
+    assert main(missing) == 2 and "--models must be a folder" in capsys.readouterr().err
