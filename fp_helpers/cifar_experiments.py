@@ -1413,27 +1413,33 @@ def historical_frozen_bn(path) -> dict | None:
 
 # The follow-up of the frozen-batch-norm control of (d), on a saved run (``run cifar-frozen-bn --models DIR``): the
 # control's training without the attack at the run's learning rates (does training through frozen batch norm work at
-# all?) and with the attack at these smaller learning rates (is the collapse a matter of step size?).
+# all?), with the attack at these smaller learning rates (is the collapse a matter of step size?), and with the attack
+# at the run's learning rates but the batch-norm statistics of each batch (train mode), scale and shift still frozen
+# (are the frozen statistics what makes it collapse?).
 FROZEN_BN_FOLLOWUP_LRS = (0.001, 0.003)
+BN_MODES = {"frozen": "batch norm frozen", "batch_stats": "batch statistics, scale and shift frozen"}
 
 
-def frozen_bn_followup_runs(cfg: CifarConfig, lrs: tuple = FROZEN_BN_FOLLOWUP_LRS) -> list[tuple[str, float, str]]:
-    """``(key, learning rate, training attack)`` of every run of the follow-up, in the order they are trained: the
-    control without the attack (``"none"``) at each of ``cfg.frozen_bn_lrs``, then with the run's attack at each of
-    ``lrs`` (keys as :func:`frozen_bn_key`; ``_noattack`` appended for the runs without the attack)."""
-    r = cfg.frozen_bn_rank
-    return ([(frozen_bn_key(r, lr) + "_noattack", lr, "none") for lr in cfg.frozen_bn_lrs]
-            + [(frozen_bn_key(r, lr), lr, cfg.attack) for lr in lrs])
+def frozen_bn_followup_runs(cfg: CifarConfig, lrs: tuple = FROZEN_BN_FOLLOWUP_LRS) -> list[tuple[str, float, str, str]]:
+    """``(key, learning rate, training attack, batch-norm mode)`` of every run of the follow-up, in the order they
+    are trained: the control without the attack (``"none"``) at each of ``cfg.frozen_bn_lrs``, then with the run's
+    attack at each of ``lrs``, both with batch norm frozen (``"frozen"``), then with the attack at each of
+    ``cfg.frozen_bn_lrs`` with the statistics of each batch (``"batch_stats"``: batch norm in train mode, its scale
+    and shift frozen). Keys as :func:`frozen_bn_key`, with ``_noattack`` / ``_batchstats`` appended."""
+    r, a = cfg.frozen_bn_rank, cfg.attack
+    return ([(frozen_bn_key(r, lr) + "_noattack", lr, "none", "frozen") for lr in cfg.frozen_bn_lrs]
+            + [(frozen_bn_key(r, lr), lr, a, "frozen") for lr in lrs]
+            + [(frozen_bn_key(r, lr) + "_batchstats", lr, a, "batch_stats") for lr in cfg.frozen_bn_lrs])
 
 
 def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=None, progress=None,
                        lrs: tuple = FROZEN_BN_FOLLOWUP_LRS) -> dict:
     """Train and evaluate :func:`frozen_bn_followup_runs` from the clean model of ``result`` (a run of ``cfg`` with
-    its models): the same low-rank model with batch norm frozen, training schedule, data, held-out check and PGD
-    evaluation as the run's own frozen control (a run here at the control's learning rate and attack reproduces it:
-    see the tests), only the learning rate or the attack changed. Returns ``{key: {clean_acc, robust_acc, attack (the
-    evaluation's), ..., rank, lr, train_attack ("none" or the run's), history, cos_clean_median, rel_change_median,
-    ...}}``."""
+    its models): the same low-rank model, training schedule, data, held-out check and PGD evaluation as the run's own
+    frozen control (a run here at the control's learning rate, attack and mode reproduces it: see the tests), only
+    the learning rate, the attack or the batch-norm mode changed. Returns ``{key: {clean_acc, robust_acc, attack (the
+    evaluation's), ..., rank, lr, train_attack ("none" or the run's), bn ("frozen" or "batch_stats"), history,
+    cos_clean_median, rel_change_median, ...}}``."""
     import dataclasses
 
     dev = get_device(device)
@@ -1444,10 +1450,14 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
     x_te, y_te = (t.to(dev) for t in eval_split(cfg, data))
     clean = result["_models"]["clean"].to(dev)
     out = {}
-    for key, lr, attack in frozen_bn_followup_runs(cfg, lrs):
+    for key, lr, attack, bn in frozen_bn_followup_runs(cfg, lrs):
         r = cfg.frozen_bn_rank
         m = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
-                              train_bn=False)
+                              train_bn=bn == "batch_stats")
+        if bn == "batch_stats":  # BatchNorm as in (d) (train mode: the statistics of each batch), scale and shift frozen
+            for mod in m.modules():
+                if type(mod) is torch.nn.BatchNorm2d:
+                    mod.requires_grad_(False)
         tc = dataclasses.replace(cfg.train_config("lowrank", lr), attack=attack).validate()
         t = time.perf_counter()
         h = train_cifar(m, x_tr, y_tr, tc, x_val=x_val, y_val=y_val, augment=cifar.augment, progress=progress,
@@ -1455,7 +1465,8 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
         h["wall_seconds"] = round(time.perf_counter() - t, 1)
         g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
         ev = evaluate_cifar(m, x_te, y_te, cfg.radius, cfg.norm, cfg.eval_pgd_steps, cfg.eval_restarts, generator=g)
-        out[key] = {**ev, "rank": r, "lr": lr, "train_attack": attack, "train_bn": False, "history": h,
+        out[key] = {**ev, "rank": r, "lr": lr, "train_attack": attack, "bn": bn, "history": h,
+                    "trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad),
                     **weight_change(clean, m)}
     return out
 
@@ -1485,7 +1496,7 @@ def load_or_run_frozen_bn(result: dict, cfg: CifarConfig, path=None, data_dir=No
     """The follow-up saved in ``path`` (``run cifar-frozen-bn --out``) when it started from this very run with this
     config and these learning rates (:func:`frozen_bn_followup_runs`), else :func:`frozen_bn_followup` now (with a
     warning saying why; minutes at the full profile on a CPU)."""
-    want = [k for k, _, _ in frozen_bn_followup_runs(cfg)]
+    want = [k for k, *_ in frozen_bn_followup_runs(cfg)]
     saved = _saved_for_run(path, result, cfg, "the frozen-batch-norm follow-up",
                            lambda s: None if sorted(s["runs"]) == sorted(want) else
                            f"ran {', '.join(sorted(s['runs']))}, this version {', '.join(sorted(want))}")
@@ -1495,25 +1506,27 @@ def load_or_run_frozen_bn(result: dict, cfg: CifarConfig, path=None, data_dir=No
 
 
 def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
-    """What the follow-up adds to :func:`frozen_bn_control` ``ctrl``: its table rows, and two sentences (``verdict``
-    for the text, ``summary`` for the chapter's summary) saying whether the frozen-batch-norm training collapses
-    without the attack (then the collapse is not the attack's doing) and whether a smaller learning rate avoids it
-    with the attack, and ``source`` (where the follow-up comes from: loaded, and made when and where, or run now).
-    ``clean``: the clean model's evaluation (its clean accuracy is what training without the attack starts from)."""
+    """What the follow-up adds to :func:`frozen_bn_control` ``ctrl``: its table rows; two sentences (``verdict`` for
+    the text, ``summary`` for the chapter's summary) saying whether the frozen-batch-norm training collapses without
+    the attack (then the collapse is not the attack's doing), whether a smaller learning rate avoids it with the
+    attack, and whether the statistics of each batch (scale and shift still frozen) avoid it (then the frozen
+    statistics are what makes it collapse); and ``source`` (where the follow-up comes from: loaded, and made when and
+    where, or run now). ``clean``: the clean model's evaluation (what training without the attack starts from)."""
     runs = follow["runs"]
-    rows = [{"label": f"follow-up: r={v['rank']}, batch norm frozen, lr={v['lr']:g}, "
+    rows = [{"label": f"follow-up: r={v['rank']}, {BN_MODES[v['bn']]}, lr={v['lr']:g}, "
                       + ("no attack" if v["train_attack"] == "none" else "with the attack"),
              "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
             for v in runs.values()]
-    plain = [v for v in runs.values() if v["train_attack"] == "none"]
-    adv = [v for v in runs.values() if v["train_attack"] != "none"]
-    lrs = ", ".join(f"{v['lr']:g}" for v in adv)
-    ok_plain = [v for v in plain if v["clean_acc"] > COLLAPSE_ACC]
-    ok_adv = [v for v in adv if v["clean_acc"] > COLLAPSE_ACC]
+    frozen = [v for v in runs.values() if v["bn"] == "frozen"]
+    plain = [v for v in frozen if v["train_attack"] == "none"]
+    adv = [v for v in frozen if v["train_attack"] != "none"]
+    stats = [v for v in runs.values() if v["bn"] == "batch_stats"]
+    ok = lambda vs: [v for v in vs if v["clean_acc"] > COLLAPSE_ACC]  # noqa: E731
+    lrs = lambda vs: ", ".join(f"{v['lr']:g}" for v in vs)  # noqa: E731
     parts, summary = [], []
     if plain:
         v = max(plain, key=lambda v: v["clean_acc"])
-        if ok_plain:
+        if ok(plain):
             parts.append(f"Without the attack, the same training (batch norm frozen, rank {v['rank']}, learning rate "
                          f"{v['lr']:g}) does not collapse: clean accuracy {v['clean_acc']:.3f}, where the clean model it "
                          f"starts from has {clean['clean_acc']:.3f}. Training through frozen batch norm works; the "
@@ -1525,24 +1538,36 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
                          f"here, not evidence about adversarial inputs.")
             summary.append("the same frozen-batch-norm training collapses even without the attack")
     if adv:
-        if ok_adv:
-            b = max(ok_adv, key=lambda v: v["clean_acc"])
-            ok = ", ".join(f"{v['lr']:g}" for v in ok_adv)
-            parts.append(f"With the attack at the smaller learning rates {lrs}, it does not collapse at {ok} "
-                         f"(best: clean accuracy {b['clean_acc']:.3f}, PGD "
-                         f"accuracy {b['robust_acc']:.3f} at {b['lr']:g}), so the collapse was at least partly a matter "
-                         f"of step size.")
+        if ok(adv):
+            b = max(ok(adv), key=lambda v: v["clean_acc"])
+            parts.append(f"With the attack at the smaller learning rates {lrs(adv)}, it does not collapse at "
+                         f"{lrs(ok(adv))} (best: clean accuracy {b['clean_acc']:.3f}, PGD accuracy {b['robust_acc']:.3f} "
+                         f"at {b['lr']:g}), so the collapse was at least partly a matter of step size.")
             summary.append(f"with the attack it avoids the collapse at a smaller learning rate ({b['lr']:g})")
         else:
             top = max(adv, key=lambda v: v["clean_acc"])
             lo, hi = min(v["lr"] for v in adv), ctrl["best"]["lr"]
-            parts.append(f"With the attack it collapses at the smaller learning rates {lrs} as well (best clean "
+            parts.append(f"With the attack it collapses at the smaller learning rates {lrs(adv)} as well (best clean "
                          f"accuracy {top['clean_acc']:.3f}), so between learning rates {lo:g} and {hi:g} the collapse "
                          f"is not a matter of step size.")
-            summary.append(f"with the attack it collapses at the learning rates {lrs} too")
-    if ok_plain and adv and not ok_adv:
-        parts.append("That is what the hypothesis predicts, and it leaves the frozen statistics the likeliest cause; it "
-                     "does not prove them the cause (other optimisers or schedules are untried).")
+            summary.append(f"with the attack it collapses at the learning rates {lrs(adv)} too")
+    if stats:
+        b = max(stats, key=lambda v: v["clean_acc"])
+        if ok(stats):
+            parts.append(f"With the attack and the statistics of each batch instead of the frozen ones (batch norm in "
+                         f"training mode, as in (d), but its scale and shift still frozen), it does not collapse: clean "
+                         f"accuracy {b['clean_acc']:.3f} and PGD accuracy {b['robust_acc']:.3f} at learning rate "
+                         f"{b['lr']:g}. The frozen statistics are what makes it collapse; trained scale and shift are "
+                         f"not needed to avoid it.")
+            summary.append(f"with the statistics of each batch (scale and shift still frozen) it does not collapse "
+                           f"(PGD accuracy {b['robust_acc']:.3f}), so the frozen statistics are the obstacle")
+        else:
+            parts.append(f"With the attack and the statistics of each batch instead of the frozen ones (scale and shift "
+                         f"still frozen), it collapses as well (clean accuracy {b['clean_acc']:.3f} at learning rate "
+                         f"{b['lr']:g}): the frozen statistics alone do not explain the collapse, and trained scale and "
+                         f"shift matter.")
+            summary.append("with the statistics of each batch it collapses as well, so the frozen statistics alone do "
+                           "not explain it")
     if "loaded_from" in follow:
         env = follow.get("environment") or {}
         source = (f"frozen-batch-norm follow-up: loaded from {follow['loaded_from']} (made "
@@ -1590,6 +1615,9 @@ def runs_overview(cfg: CifarConfig) -> list[list]:
                      "does training through frozen batch norm work at all? (run cifar-frozen-bn)"])
         rows.append(row("follow-up of that control: smaller learning rates", "(a)'s weights", "lowrank",
                         "is its collapse a matter of step size? (run cifar-frozen-bn)", lrs=FROZEN_BN_FOLLOWUP_LRS))
+        rows.append(row("follow-up of that control: statistics of each batch, scale and shift frozen", "(a)'s weights",
+                        "lowrank", "are the frozen statistics what makes it collapse? (run cifar-frozen-bn)",
+                        lrs=cfg.frozen_bn_lrs))
     if cfg.direction_controls:
         rows.append(row("control: (c) at seed + 1", "(a)'s weights", "ft", "does another run of (c) change the same directions?",
                         seed=cfg.seed + 1))

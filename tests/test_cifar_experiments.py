@@ -486,6 +486,13 @@ def test_runs_overview_reads_every_run_from_the_config():
     assert rows["(c') PGD, from clean"][2] == f"PGD-{cfg.pgd_ft_steps}"
     assert rows["(c'') adversarial, from clean, other norm"][3] == "l2 0.5"
     assert rows[f"control of (d): rank {max(cfg.ranks)}, batch norm frozen"][5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)
+    from fp_helpers.cifar_experiments import FROZEN_BN_FOLLOWUP_LRS
+
+    plain, smaller = rows["follow-up of that control: without attack"], rows["follow-up of that control: smaller learning rates"]
+    assert plain[2:6] == ["none", "-", cfg.ft_epochs, ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)]
+    assert smaller[2] == "FGSM, random start" and smaller[5] == ", ".join(f"{x:g}" for x in FROZEN_BN_FOLLOWUP_LRS)
+    stats = rows["follow-up of that control: statistics of each batch, scale and shift frozen"]
+    assert stats[2] == "FGSM, random start" and stats[5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)
     # runs the config does not make are not listed
     from dataclasses import replace
 
@@ -779,7 +786,7 @@ def test_frozen_bn_followup_reproduces_the_runs_control_and_trains_without_the_a
     with threads(1):
         out = cx.frozen_bn_followup(r, cfg, DATA, "cpu", lrs=(lr,))
     key = frozen_bn_key(cfg.frozen_bn_rank, lr)
-    assert list(out) == [key + "_noattack", key]
+    assert list(out) == [key + "_noattack", key, key + "_batchstats"]
     mine, run = out[key], r["experiments"][key]
     # the same model, schedule, data, held-out check and evaluation as the run's own control: identical numbers
     for f in ("clean_acc", "robust_acc", "cos_clean_median", "rel_change_median"):
@@ -790,17 +797,24 @@ def test_frozen_bn_followup_reproduces_the_runs_control_and_trains_without_the_a
     assert mine["train_attack"] == cfg.attack and mine["attack"] == run["attack"]  # the evaluation's, as the run's
     assert plain["history"]["config"]["lr"] == lr and plain["rank"] == cfg.frozen_bn_rank
     assert plain["history"]["train_loss"] != run["history"]["train_loss"]  # the attack is really left out
+    stats = out[key + "_batchstats"]
+    assert stats["bn"] == "batch_stats" and stats["train_attack"] == cfg.attack and mine["bn"] == "frozen"
+    # only the low-rank factors train in both modes: the batch-norm scale and shift stay frozen
+    low = r["experiments"][f"lowrank_{cfg.frozen_bn_rank}"]["low_rank_params"]
+    assert stats["trainable_params"] == mine["trainable_params"] == plain["trainable_params"] == low
+    assert stats["history"]["train_loss"] != run["history"]["train_loss"]  # the statistics of each batch differ
     assert r["_models"]["clean"].training is False  # the run's clean model is left as it was
 
 
-def _followup(clean_noattack, adv):
+def _followup(clean_noattack, adv, stats=0.10):
     pgd = "PGD-50 x2 restarts, linf, eps=0.0313725"
-    runs = {"frozen_bn_r8_lr0p01_noattack": {"rank": 8, "lr": 0.01, "train_attack": "none", "attack": pgd,
-                                             "clean_acc": clean_noattack, "robust_acc": 0.0, "eps": 8 / 255,
-                                             "norm": "linf"}}
+    run = lambda lr, attack, bn, acc: {"rank": 8, "lr": lr, "train_attack": attack, "bn": bn, "attack": pgd,  # noqa
+                                       "clean_acc": acc, "robust_acc": 0.1 if acc > 0.15 else acc, "eps": 8 / 255,
+                                       "norm": "linf"}
+    runs = {"frozen_bn_r8_lr0p01_noattack": run(0.01, "none", "frozen", clean_noattack)}
     for lr, acc in adv:
-        runs[frozen_bn_key(8, lr)] = {"rank": 8, "lr": lr, "train_attack": "fgsm_rs", "attack": pgd, "clean_acc": acc,
-                                      "robust_acc": 0.1 if acc > 0.15 else acc, "eps": 8 / 255, "norm": "linf"}
+        runs[frozen_bn_key(8, lr)] = run(lr, "fgsm_rs", "frozen", acc)
+    runs["frozen_bn_r8_lr0p01_batchstats"] = run(0.01, "fgsm_rs", "batch_stats", stats)
     return {"runs": runs}
 
 
@@ -810,19 +824,26 @@ def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     ctrl = {"best": {"lr": 0.01, "rank": 8, "clean_acc": 0.10}}
     clean = {"clean_acc": 0.70}
     # collapses only with the attack, at every learning rate: the attack's doing, not step size
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.10), (0.003, 0.10)]), clean)
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.10), (0.003, 0.10)], stats=0.45), clean)
     assert "does not collapse: clean accuracy 0.690" in s["verdict"] and "0.700" in s["verdict"]
-    assert "between learning rates 0.001 and 0.01" in s["verdict"] and "likeliest cause" in s["verdict"]
-    assert len(s["rows"]) == 3 and "no attack" in s["rows"][0]["label"] and "with the attack" in s["rows"][1]["label"]
+    assert "between learning rates 0.001 and 0.01" in s["verdict"]
+    # ... and the statistics of each batch avoid it: the frozen statistics are the obstacle
+    assert "The frozen statistics are what makes it collapse" in s["verdict"] and "0.450" in s["verdict"]
+    assert "frozen statistics are the obstacle" in s["summary"]
+    assert len(s["rows"]) == 4 and "no attack" in s["rows"][0]["label"] and "with the attack" in s["rows"][1]["label"]
+    assert "batch statistics, scale and shift frozen" in s["rows"][3]["label"]
     assert s["rows"][0]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
+    # the statistics of each batch do not avoid it: not the statistics alone
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.10)]), clean)
+    assert "alone do not explain the collapse" in s["verdict"] and "obstacle" not in s["summary"]
     # collapses without the attack too: no evidence about adversarial inputs
     s = cx.frozen_bn_followup_summary(ctrl, _followup(0.10, [(0.001, 0.10)]), clean)
     assert "collapses too" in s["verdict"] and "not evidence about adversarial inputs" in s["verdict"]
-    assert "even without the attack" in s["summary"] and "likeliest" not in s["verdict"]
+    assert "even without the attack" in s["summary"]
     # a smaller step avoids it: partly a matter of step size
     s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.40), (0.003, 0.10)]), clean)
     assert "does not collapse at 0.001 " in s["verdict"] and "matter of step size" in s["verdict"]
-    assert "smaller learning rate (0.001)" in s["summary"] and "likeliest" not in s["verdict"]
+    assert "smaller learning rate (0.001)" in s["summary"]
 
 
 def test_saved_frozen_bn_followup_is_used_only_for_its_run_and_learning_rates(tmp_path, monkeypatch):
@@ -831,7 +852,7 @@ def test_saved_frozen_bn_followup_is_used_only_for_its_run_and_learning_rates(tm
 
     cfg = cifar_config("quick")
     res = {"provenance": {"date": "2026-01-01T00:00:00Z", "code": {"hash": "abc"}}}
-    runs = {k: {"lr": lr, "train_attack": a} for k, lr, a in cx.frozen_bn_followup_runs(cfg)}
+    runs = {k: {"lr": lr, "train_attack": a, "bn": bn} for k, lr, a, bn in cx.frozen_bn_followup_runs(cfg)}
     saved = stamp({"runs": runs, "run": {"date": "2026-01-01T00:00:00Z", "code": "abc", "stale": []}},
                   "cifar-frozen-bn", cfg, "quick")
     path = tmp_path / "fb.json"
@@ -869,7 +890,7 @@ def test_cli_frozen_bn_starts_from_the_saved_run_and_records_how(tiny_run, tmp_p
     assert f"--models {tmp_path / 'run'}" in saved["provenance"]["command"]
     assert saved["run"]["date"] == r["provenance"]["date"]
     assert not stale_reasons(saved)["config"] and not stale_reasons(saved)["code"]
-    assert sorted(saved["runs"]) == sorted(k for k, _, _ in cx.frozen_bn_followup_runs(cfg))
+    assert sorted(saved["runs"]) == sorted(k for k, *_ in cx.frozen_bn_followup_runs(cfg))
     for v in saved["runs"].values():
         assert 0 <= v["robust_acc"] <= v["clean_acc"] <= 1 and v["n"] == r["n_test"]
     assert "clean/PGD accuracy: frozen_bn_r2_lr0p01_noattack" in capsys.readouterr().out
