@@ -1,6 +1,8 @@
 """The CIFAR-10 experiment behind the chapter "Purification on CIFAR-10" and ``run cifar``.
 
-``python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json``
+``python -m fp_helpers run cifar --profile quick|full [--data PATH] [--set key=value ...] --out FILE.json``;
+on a run saved with ``--save-dir DIR``, ``run cifar-autoattack --models DIR`` (AutoAttack on its models, for the
+chapter's attack check) and ``run cifar-frozen-bn --models DIR`` (the follow-up of the frozen-batch-norm control).
 
 From one random initialisation: (a) clean training; (b) adversarial training from scratch (same
 initialisation); (c) adversarial training *started from the clean model* (``attack``, by default FGSM with
