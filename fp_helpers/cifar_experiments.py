@@ -1416,8 +1416,8 @@ def historical_frozen_bn(path) -> dict | None:
 # The follow-up of the frozen-batch-norm control of (d), on a saved run (``run cifar-frozen-bn --models DIR``): the
 # control's training without the attack at the run's learning rates (does training through frozen batch norm work at
 # all?), with the attack at these smaller learning rates (is the collapse a matter of step size?), and with the attack
-# at the run's learning rates but the batch-norm statistics of each batch (train mode), scale and shift still frozen
-# (are the frozen statistics what makes it collapse?).
+# at the control's learning rates and at (d)'s but with the batch-norm statistics of each batch (train mode), scale and
+# shift still frozen (are the frozen statistics what makes it collapse? does (d) need its trained scale and shift?).
 FROZEN_BN_FOLLOWUP_LRS = (0.001, 0.003)
 BN_MODES = {"frozen": "batch norm frozen", "batch_stats": "batch statistics, scale and shift frozen"}
 
@@ -1426,12 +1426,14 @@ def frozen_bn_followup_runs(cfg: CifarConfig, lrs: tuple = FROZEN_BN_FOLLOWUP_LR
     """``(key, learning rate, training attack, batch-norm mode)`` of every run of the follow-up, in the order they
     are trained: the control without the attack (``"none"``) at each of ``cfg.frozen_bn_lrs``, then with the run's
     attack at each of ``lrs``, both with batch norm frozen (``"frozen"``), then with the attack at each of
-    ``cfg.frozen_bn_lrs`` with the statistics of each batch (``"batch_stats"``: batch norm in train mode, its scale
-    and shift frozen). Keys as :func:`frozen_bn_key`, with ``_noattack`` / ``_batchstats`` appended."""
+    ``cfg.frozen_bn_lrs`` and at (d)'s ``cfg.lowrank_lr`` with the statistics of each batch (``"batch_stats"``: batch
+    norm in train mode, its scale and shift frozen). Keys as :func:`frozen_bn_key`, with ``_noattack`` /
+    ``_batchstats`` appended."""
     r, a = cfg.frozen_bn_rank, cfg.attack
+    stats_lrs = tuple(dict.fromkeys(cfg.frozen_bn_lrs + (cfg.lowrank_lr,)))
     return ([(frozen_bn_key(r, lr) + "_noattack", lr, "none", "frozen") for lr in cfg.frozen_bn_lrs]
             + [(frozen_bn_key(r, lr), lr, a, "frozen") for lr in lrs]
-            + [(frozen_bn_key(r, lr) + "_batchstats", lr, a, "batch_stats") for lr in cfg.frozen_bn_lrs])
+            + [(frozen_bn_key(r, lr) + "_batchstats", lr, a, "batch_stats") for lr in stats_lrs])
 
 
 def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=None, progress=None,
@@ -1509,12 +1511,15 @@ def load_or_run_frozen_bn(result: dict, cfg: CifarConfig, path=None, data_dir=No
 
 def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     """What the follow-up adds to :func:`frozen_bn_control` ``ctrl``: its table rows; two sentences (``verdict`` for
-    the text, ``summary`` for the chapter's summary) saying whether the frozen-batch-norm training collapses without
-    the attack (then the collapse is not the attack's doing), whether a smaller learning rate avoids it with the
-    attack, and whether the statistics of each batch (scale and shift still frozen) avoid it (then the frozen
-    statistics are what makes it collapse); and ``source`` (where the follow-up comes from: loaded, and made when and
-    where, or run now). ``clean``: the clean model's evaluation (what training without the attack starts from)."""
-    runs = follow["runs"]
+    the text, ``summary`` for the chapter's summary) saying (1) whether the frozen-batch-norm training collapses
+    without the attack (then the collapse is not the attack's doing), (2) whether a smaller learning rate lets it
+    gain robustness with the attack, and (3) whether the statistics of each batch (scale and shift still frozen) avoid
+    the collapse (then the frozen statistics are what makes it collapse) and reach the PGD accuracy of (d) at the same
+    rank (``ctrl["trained"]``: then (d) needs no trained scale and shift); and ``source`` (where the follow-up comes
+    from: loaded, and made when and where, or run now). ``clean``: the clean model's evaluation (what training
+    without the attack starts from). A run has collapsed when its clean accuracy is at most :data:`COLLAPSE_ACC`;
+    PGD accuracies are compared at two standard errors (:func:`compare_accuracies`)."""
+    runs, trained = follow["runs"], ctrl["trained"]
     rows = [{"label": f"follow-up: r={v['rank']}, {BN_MODES[v['bn']]}, lr={v['lr']:g}, "
                       + ("no attack" if v["train_attack"] == "none" else "with the attack"),
              "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
@@ -1523,12 +1528,17 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     plain = [v for v in frozen if v["train_attack"] == "none"]
     adv = [v for v in frozen if v["train_attack"] != "none"]
     stats = [v for v in runs.values() if v["bn"] == "batch_stats"]
-    ok = lambda vs: [v for v in vs if v["clean_acc"] > COLLAPSE_ACC]  # noqa: E731
-    lrs = lambda vs: ", ".join(f"{v['lr']:g}" for v in vs)  # noqa: E731
+    collapsed = lambda v: v["clean_acc"] <= COLLAPSE_ACC  # noqa: E731
+    vs_d = lambda v: compare_accuracies(v["robust_acc"], trained["robust_acc"], v["n"])  # noqa: E731
+    each = lambda vs: ", ".join(f"{v['clean_acc']:.3f} / {v['robust_acc']:.3f} at {v['lr']:g}"  # noqa: E731
+                                + (" (collapsed)" if collapsed(v) else "") for v in vs)
+    d_lr = trained["history"]["config"]["lr"]
+    d_text = (f"(d) at rank {trained['rank']} with batch norm trained (learning rate {d_lr:g}): "
+              f"{trained['clean_acc']:.3f} / {trained['robust_acc']:.3f}")
     parts, summary = [], []
     if plain:
         v = max(plain, key=lambda v: v["clean_acc"])
-        if ok(plain):
+        if not collapsed(v):
             parts.append(f"Without the attack, the same training (batch norm frozen, rank {v['rank']}, learning rate "
                          f"{v['lr']:g}) does not collapse: clean accuracy {v['clean_acc']:.3f}, where the clean model it "
                          f"starts from has {clean['clean_acc']:.3f}. Training through frozen batch norm works; the "
@@ -1540,36 +1550,41 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
                          f"here, not evidence about adversarial inputs.")
             summary.append("the same frozen-batch-norm training collapses even without the attack")
     if adv:
-        if ok(adv):
-            b = max(ok(adv), key=lambda v: v["clean_acc"])
-            parts.append(f"With the attack at the smaller learning rates {lrs(adv)}, it does not collapse at "
-                         f"{lrs(ok(adv))} (best: clean accuracy {b['clean_acc']:.3f}, PGD accuracy {b['robust_acc']:.3f} "
-                         f"at {b['lr']:g}), so the collapse was at least partly a matter of step size.")
-            summary.append(f"with the attack it avoids the collapse at a smaller learning rate ({b['lr']:g})")
+        good = [v for v in adv if not collapsed(v) and vs_d(v) != "lower than"]
+        text = (f"With the attack at the smaller learning rates, clean / PGD accuracy is {each(adv)}, against {d_text}. ")
+        if good:
+            b = max(good, key=lambda v: v["robust_acc"])
+            text += (f"At {b['lr']:g} its PGD accuracy is {vs_d(b)} (d)'s: a smaller step lets training through frozen "
+                     f"batch norm gain robustness, so the collapse was at least partly a matter of step size.")
+            summary.append(f"a smaller learning rate ({b['lr']:g}) avoids it")
         else:
-            top = max(adv, key=lambda v: v["clean_acc"])
-            lo, hi = min(v["lr"] for v in adv), ctrl["best"]["lr"]
-            parts.append(f"With the attack it collapses at the smaller learning rates {lrs(adv)} as well (best clean "
-                         f"accuracy {top['clean_acc']:.3f}), so between learning rates {lo:g} and {hi:g} the collapse "
-                         f"is not a matter of step size.")
-            summary.append(f"with the attack it collapses at the learning rates {lrs(adv)} too")
+            text += ("Every one's PGD accuracy is lower than (d)'s, and none gained robustness while keeping its clean "
+                     "accuracy: a smaller step does not rescue training through frozen batch norm.")
+            summary.append("smaller learning rates do not rescue it")
+        parts.append(text)
     if stats:
-        b = max(stats, key=lambda v: v["clean_acc"])
-        if ok(stats):
-            parts.append(f"With the attack and the statistics of each batch instead of the frozen ones (batch norm in "
-                         f"training mode, as in (d), but its scale and shift still frozen), it does not collapse: clean "
-                         f"accuracy {b['clean_acc']:.3f} and PGD accuracy {b['robust_acc']:.3f} at learning rate "
-                         f"{b['lr']:g}. The frozen statistics are what makes it collapse; trained scale and shift are "
-                         f"not needed to avoid it.")
-            summary.append(f"with the statistics of each batch (scale and shift still frozen) it does not collapse "
-                           f"(PGD accuracy {b['robust_acc']:.3f}), so the frozen statistics are the obstacle")
-        else:
-            parts.append(f"With the attack and the statistics of each batch instead of the frozen ones (scale and shift "
-                         f"still frozen), it collapses as well (clean accuracy {b['clean_acc']:.3f} at learning rate "
-                         f"{b['lr']:g}): the frozen statistics alone do not explain the collapse, and trained scale and "
-                         f"shift matter.")
+        text = (f"With the attack and the statistics of each batch instead of the frozen ones (batch norm in training "
+                f"mode, as in (d), its scale and shift still frozen), clean / PGD accuracy is {each(stats)}. ")
+        alive = [v for v in stats if not collapsed(v)]
+        at_d = [v for v in stats if v["lr"] == d_lr]
+        if not alive:
+            text += ("It collapses as well: the frozen statistics alone do not explain the collapse, and trained scale "
+                     "and shift matter.")
             summary.append("with the statistics of each batch it collapses as well, so the frozen statistics alone do "
                            "not explain it")
+        else:
+            text += "It does not collapse at " + ", ".join(f"{v['lr']:g}" for v in alive) + (
+                ": the frozen statistics are what makes the control collapse.")
+            summary.append("with the statistics of each batch (scale and shift still frozen) it does not collapse, so "
+                           "the frozen statistics are what makes it collapse")
+            if at_d and not collapsed(at_d[0]):
+                cmp = vs_d(at_d[0])
+                text += (f" At (d)'s learning rate its PGD accuracy is {cmp} (d)'s ({at_d[0]['robust_acc']:.3f} against "
+                         f"{trained['robust_acc']:.3f}), " + (
+                             "so (d)'s robustness needs its trained scale and shift as well." if cmp == "lower than"
+                             else "so training the scale and shift adds nothing measurable to (d)'s robustness."))
+                summary.append(f"at (d)'s learning rate its PGD accuracy is {cmp} (d)'s")
+        parts.append(text)
     if "loaded_from" in follow:
         env = follow.get("environment") or {}
         source = (f"frozen-batch-norm follow-up: loaded from {follow['loaded_from']} (made "
@@ -1618,8 +1633,8 @@ def runs_overview(cfg: CifarConfig) -> list[list]:
         rows.append(row("follow-up of that control: smaller learning rates", "(a)'s weights", "lowrank",
                         "is its collapse a matter of step size? (run cifar-frozen-bn)", lrs=FROZEN_BN_FOLLOWUP_LRS))
         rows.append(row("follow-up of that control: statistics of each batch, scale and shift frozen", "(a)'s weights",
-                        "lowrank", "are the frozen statistics what makes it collapse? (run cifar-frozen-bn)",
-                        lrs=cfg.frozen_bn_lrs))
+                        "lowrank", "are the frozen statistics what makes it collapse? does (d) need its trained scale "
+                        "and shift? (run cifar-frozen-bn)", lrs=tuple(dict.fromkeys(cfg.frozen_bn_lrs + (cfg.lowrank_lr,)))))
     if cfg.direction_controls:
         rows.append(row("control: (c) at seed + 1", "(a)'s weights", "ft", "does another run of (c) change the same directions?",
                         seed=cfg.seed + 1))

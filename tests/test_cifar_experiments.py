@@ -492,7 +492,7 @@ def test_runs_overview_reads_every_run_from_the_config():
     assert plain[2:6] == ["none", "-", cfg.ft_epochs, ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)]
     assert smaller[2] == "FGSM, random start" and smaller[5] == ", ".join(f"{x:g}" for x in FROZEN_BN_FOLLOWUP_LRS)
     stats = rows["follow-up of that control: statistics of each batch, scale and shift frozen"]
-    assert stats[2] == "FGSM, random start" and stats[5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)
+    assert stats[2] == "FGSM, random start" and stats[5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs + (cfg.lowrank_lr,))
     # runs the config does not make are not listed
     from dataclasses import replace
 
@@ -786,7 +786,9 @@ def test_frozen_bn_followup_reproduces_the_runs_control_and_trains_without_the_a
     with threads(1):
         out = cx.frozen_bn_followup(r, cfg, DATA, "cpu", lrs=(lr,))
     key = frozen_bn_key(cfg.frozen_bn_rank, lr)
-    assert list(out) == [key + "_noattack", key, key + "_batchstats"]
+    d_lr = frozen_bn_key(cfg.frozen_bn_rank, cfg.lowrank_lr) + "_batchstats"
+    assert list(out) == [key + "_noattack", key, key + "_batchstats", d_lr]
+    assert out[d_lr]["lr"] == cfg.lowrank_lr == r["experiments"][f"lowrank_{cfg.frozen_bn_rank}"]["history"]["config"]["lr"]
     mine, run = out[key], r["experiments"][key]
     # the same model, schedule, data, held-out check and evaluation as the run's own control: identical numbers
     for f in ("clean_acc", "robust_acc", "cos_clean_median", "rel_change_median"):
@@ -806,44 +808,53 @@ def test_frozen_bn_followup_reproduces_the_runs_control_and_trains_without_the_a
     assert r["_models"]["clean"].training is False  # the run's clean model is left as it was
 
 
-def _followup(clean_noattack, adv, stats=0.10):
+def _followup(plain, adv, stats):
+    """A fake follow-up: ``plain`` the clean accuracy without the attack; ``adv`` / ``stats``: (lr, clean, PGD)."""
     pgd = "PGD-50 x2 restarts, linf, eps=0.0313725"
-    run = lambda lr, attack, bn, acc: {"rank": 8, "lr": lr, "train_attack": attack, "bn": bn, "attack": pgd,  # noqa
-                                       "clean_acc": acc, "robust_acc": 0.1 if acc > 0.15 else acc, "eps": 8 / 255,
-                                       "norm": "linf"}
-    runs = {"frozen_bn_r8_lr0p01_noattack": run(0.01, "none", "frozen", clean_noattack)}
-    for lr, acc in adv:
-        runs[frozen_bn_key(8, lr)] = run(lr, "fgsm_rs", "frozen", acc)
-    runs["frozen_bn_r8_lr0p01_batchstats"] = run(0.01, "fgsm_rs", "batch_stats", stats)
+    run = lambda lr, attack, bn, acc, rob: {"rank": 8, "lr": lr, "train_attack": attack, "bn": bn, "attack": pgd,  # noqa
+                                            "clean_acc": acc, "robust_acc": rob, "eps": 8 / 255, "norm": "linf",
+                                            "n": 1017}
+    runs = {"frozen_bn_r8_lr0p01_noattack": run(0.01, "none", "frozen", plain, 0.0)}
+    for lr, acc, rob in adv:
+        runs[frozen_bn_key(8, lr)] = run(lr, "fgsm_rs", "frozen", acc, rob)
+    for lr, acc, rob in stats:
+        runs[frozen_bn_key(8, lr) + "_batchstats"] = run(lr, "fgsm_rs", "batch_stats", acc, rob)
     return {"runs": runs}
 
 
 def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     from fp_helpers import cifar_experiments as cx
 
-    ctrl = {"best": {"lr": 0.01, "rank": 8, "clean_acc": 0.10}}
+    trained = {"rank": 8, "clean_acc": 0.455, "robust_acc": 0.183, "history": {"config": {"lr": 0.05}}}
+    ctrl = {"best": {"lr": 0.01, "rank": 8, "clean_acc": 0.10}, "trained": trained}
     clean = {"clean_acc": 0.70}
-    # collapses only with the attack, at every learning rate: the attack's doing, not step size
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.10), (0.003, 0.10)], stats=0.45), clean)
-    assert "does not collapse: clean accuracy 0.690" in s["verdict"] and "0.700" in s["verdict"]
-    assert "between learning rates 0.001 and 0.01" in s["verdict"]
-    # ... and the statistics of each batch avoid it: the frozen statistics are the obstacle
-    assert "The frozen statistics are what makes it collapse" in s["verdict"] and "0.450" in s["verdict"]
-    assert "frozen statistics are the obstacle" in s["summary"]
-    assert len(s["rows"]) == 4 and "no attack" in s["rows"][0]["label"] and "with the attack" in s["rows"][1]["label"]
+    small = [(0.001, 0.199, 0.001), (0.003, 0.111, 0.079)]  # no robustness; collapsed at 0.003
+    # the statistics of each batch avoid the collapse and, at (d)'s learning rate, reach (d): scale and shift add nothing
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.17)]), clean)
+    v = s["verdict"]
+    assert "does not collapse: clean accuracy 0.690" in v and "0.700" in v
+    assert "0.199 / 0.001 at 0.001, 0.111 / 0.079 at 0.003 (collapsed)" in v and "does not rescue" in v
+    assert "(d) at rank 8 with batch norm trained (learning rate 0.05): 0.455 / 0.183" in v
+    assert "It does not collapse at 0.01, 0.05: the frozen statistics are what makes the control collapse" in v
+    assert "its PGD accuracy is about the same as (d)'s (0.170 against 0.183)" in v and "adds nothing measurable" in v
+    assert "smaller learning rates do not rescue it" in s["summary"] and "about the same as (d)'s" in s["summary"]
+    assert len(s["rows"]) == 5 and "no attack" in s["rows"][0]["label"] and "with the attack" in s["rows"][1]["label"]
     assert "batch statistics, scale and shift frozen" in s["rows"][3]["label"]
     assert s["rows"][0]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
+    # ... but below (d) at its learning rate: (d) needs its trained scale and shift too
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.06)]), clean)
+    assert "lower than (d)'s (0.060 against 0.183)" in s["verdict"] and "needs its trained scale and shift" in s["verdict"]
     # the statistics of each batch do not avoid it: not the statistics alone
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.10)]), clean)
-    assert "alone do not explain the collapse" in s["verdict"] and "obstacle" not in s["summary"]
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.10, 0.10), (0.05, 0.11, 0.10)]), clean)
+    assert "alone do not explain the collapse" in s["verdict"] and "(d)'s (" not in s["verdict"]
     # collapses without the attack too: no evidence about adversarial inputs
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.10, [(0.001, 0.10)]), clean)
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.10, small, []), clean)
     assert "collapses too" in s["verdict"] and "not evidence about adversarial inputs" in s["verdict"]
     assert "even without the attack" in s["summary"]
-    # a smaller step avoids it: partly a matter of step size
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.40), (0.003, 0.10)]), clean)
-    assert "does not collapse at 0.001 " in s["verdict"] and "matter of step size" in s["verdict"]
-    assert "smaller learning rate (0.001)" in s["summary"]
+    # a smaller step lets it gain (d)'s robustness: partly a matter of step size
+    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.40, 0.17), (0.003, 0.11, 0.08)], []), clean)
+    assert "At 0.001 its PGD accuracy is about the same as (d)'s" in s["verdict"] and "step size" in s["verdict"]
+    assert "a smaller learning rate (0.001) avoids it" in s["summary"]
 
 
 def test_saved_frozen_bn_followup_is_used_only_for_its_run_and_learning_rates(tmp_path, monkeypatch):
