@@ -1519,11 +1519,17 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     from: loaded, and made when and where, or run now). ``clean``: the clean model's evaluation (what training
     without the attack starts from). A run has collapsed when its clean accuracy is at most :data:`COLLAPSE_ACC`;
     PGD accuracies are compared at two standard errors (:func:`compare_accuracies`)."""
-    runs, trained = follow["runs"], ctrl["trained"]
-    rows = [{"label": f"follow-up: r={v['rank']}, {BN_MODES[v['bn']]}, lr={v['lr']:g}, "
-                      + ("no attack" if v["train_attack"] == "none" else "with the attack"),
-             "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
-            for v in runs.values()]
+    trained = ctrl["trained"]
+    # frozen without the attack, frozen with it, then the statistics of each batch; by learning rate within each
+    runs = dict(sorted(follow["runs"].items(), key=lambda kv: (kv[1]["bn"] != "frozen",
+                                                               kv[1]["train_attack"] != "none", kv[1]["lr"])))
+    d_lr = trained["history"]["config"]["lr"]
+    rows = [{"label": f"(d) r={trained['rank']} with batch norm trained, lr={d_lr:g} (for comparison)",
+             "clean_acc": trained["clean_acc"], "robust_acc": trained["robust_acc"], "attack": attack_label(trained)}]
+    rows += [{"label": f"follow-up: r={v['rank']}, {BN_MODES[v['bn']]}, lr={v['lr']:g}, "
+                       + ("no attack" if v["train_attack"] == "none" else "with the attack"),
+              "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
+             for v in runs.values()]
     frozen = [v for v in runs.values() if v["bn"] == "frozen"]
     plain = [v for v in frozen if v["train_attack"] == "none"]
     adv = [v for v in frozen if v["train_attack"] != "none"]
@@ -1532,7 +1538,6 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     vs_d = lambda v: compare_accuracies(v["robust_acc"], trained["robust_acc"], v["n"])  # noqa: E731
     each = lambda vs: ", ".join(f"{v['clean_acc']:.3f} / {v['robust_acc']:.3f} at {v['lr']:g}"  # noqa: E731
                                 + (" (collapsed)" if collapsed(v) else "") for v in vs)
-    d_lr = trained["history"]["config"]["lr"]
     d_text = (f"(d) at rank {trained['rank']} with batch norm trained (learning rate {d_lr:g}): "
               f"{trained['clean_acc']:.3f} / {trained['robust_acc']:.3f}")
     parts, summary = [], []
@@ -1582,7 +1587,8 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
                 text += (f" At (d)'s learning rate its PGD accuracy is {cmp} (d)'s ({at_d[0]['robust_acc']:.3f} against "
                          f"{trained['robust_acc']:.3f}), " + (
                              "so (d)'s robustness needs its trained scale and shift as well." if cmp == "lower than"
-                             else "so training the scale and shift adds nothing measurable to (d)'s robustness."))
+                             else f"so training the scale and shift adds no robustness to (d) that these "
+                                  f"{at_d[0]['n']:,} test images can measure (two standard errors)."))
                 summary.append(f"at (d)'s learning rate its PGD accuracy is {cmp} (d)'s")
         parts.append(text)
     if "loaded_from" in follow:

@@ -825,7 +825,8 @@ def _followup(plain, adv, stats):
 def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     from fp_helpers import cifar_experiments as cx
 
-    trained = {"rank": 8, "clean_acc": 0.455, "robust_acc": 0.183, "history": {"config": {"lr": 0.05}}}
+    trained = {"rank": 8, "clean_acc": 0.455, "robust_acc": 0.183, "history": {"config": {"lr": 0.05}},
+               "attack": "PGD-50 x2 restarts, linf, eps=0.0313725", "eps": 8 / 255, "norm": "linf"}
     ctrl = {"best": {"lr": 0.01, "rank": 8, "clean_acc": 0.10}, "trained": trained}
     clean = {"clean_acc": 0.70}
     small = [(0.001, 0.199, 0.001), (0.003, 0.111, 0.079)]  # no robustness; collapsed at 0.003
@@ -836,11 +837,15 @@ def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     assert "0.199 / 0.001 at 0.001, 0.111 / 0.079 at 0.003 (collapsed)" in v and "does not rescue" in v
     assert "(d) at rank 8 with batch norm trained (learning rate 0.05): 0.455 / 0.183" in v
     assert "It does not collapse at 0.01, 0.05: the frozen statistics are what makes the control collapse" in v
-    assert "its PGD accuracy is about the same as (d)'s (0.170 against 0.183)" in v and "adds nothing measurable" in v
+    assert "its PGD accuracy is about the same as (d)'s (0.170 against 0.183)" in v and "1,017 test images can" in v
     assert "smaller learning rates do not rescue it" in s["summary"] and "about the same as (d)'s" in s["summary"]
-    assert len(s["rows"]) == 5 and "no attack" in s["rows"][0]["label"] and "with the attack" in s["rows"][1]["label"]
-    assert "batch statistics, scale and shift frozen" in s["rows"][3]["label"]
-    assert s["rows"][0]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
+    labels = [r["label"] for r in s["rows"]]
+    assert len(labels) == 6 and labels[0] == "(d) r=8 with batch norm trained, lr=0.05 (for comparison)"
+    assert [lb.split(", ", 1)[1] for lb in labels[1:]] == [  # in the order of the questions, by learning rate
+        "batch norm frozen, lr=0.01, no attack", "batch norm frozen, lr=0.001, with the attack",
+        "batch norm frozen, lr=0.003, with the attack", "batch statistics, scale and shift frozen, lr=0.01, with the attack",
+        "batch statistics, scale and shift frozen, lr=0.05, with the attack"]
+    assert s["rows"][1]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
     # ... but below (d) at its learning rate: (d) needs its trained scale and shift too
     s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.06)]), clean)
     assert "lower than (d)'s (0.060 against 0.183)" in s["verdict"] and "needs its trained scale and shift" in s["verdict"]
