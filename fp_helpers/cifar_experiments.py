@@ -1425,26 +1425,31 @@ BN_MODES = {"frozen": "batch norm frozen", "batch_stats": "batch statistics, sca
 def frozen_bn_followup_runs(cfg: CifarConfig, lrs: tuple = FROZEN_BN_FOLLOWUP_LRS) -> list[tuple[str, float, str, str]]:
     """``(key, learning rate, training attack, batch-norm mode)`` of every run of the follow-up, in the order they
     are trained: the control without the attack (``"none"``) at each of ``cfg.frozen_bn_lrs``, then with the run's
-    attack at each of ``lrs``, both with batch norm frozen (``"frozen"``), then with the attack at each of
+    attack at each of ``lrs`` and, again, at the control's own learning rates (the control repeated by this code, the
+    baseline of the runs below), all with batch norm frozen (``"frozen"``), then with the attack at each of
     ``cfg.frozen_bn_lrs`` and at (d)'s ``cfg.lowrank_lr`` with the statistics of each batch (``"batch_stats"``: batch
     norm in train mode, its scale and shift frozen). Keys as :func:`frozen_bn_key`, with ``_noattack`` /
     ``_batchstats`` appended."""
     r, a = cfg.frozen_bn_rank, cfg.attack
+    adv_lrs = tuple(dict.fromkeys(tuple(lrs) + cfg.frozen_bn_lrs))
     stats_lrs = tuple(dict.fromkeys(cfg.frozen_bn_lrs + (cfg.lowrank_lr,)))
     return ([(frozen_bn_key(r, lr) + "_noattack", lr, "none", "frozen") for lr in cfg.frozen_bn_lrs]
-            + [(frozen_bn_key(r, lr), lr, a, "frozen") for lr in lrs]
+            + [(frozen_bn_key(r, lr), lr, a, "frozen") for lr in adv_lrs]
             + [(frozen_bn_key(r, lr) + "_batchstats", lr, a, "batch_stats") for lr in stats_lrs])
 
 
 def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=None, progress=None,
-                       lrs: tuple = FROZEN_BN_FOLLOWUP_LRS) -> dict:
+                       lrs: tuple = FROZEN_BN_FOLLOWUP_LRS, keep_models: bool = False) -> dict:
     """Train and evaluate :func:`frozen_bn_followup_runs` from the clean model of ``result`` (a run of ``cfg`` with
     its models): the same low-rank model, training schedule, data, held-out check and PGD evaluation as the run's own
     frozen control (a run here at the control's learning rate, attack and mode reproduces it: see the tests), only
-    the learning rate, the attack or the batch-norm mode changed. Returns ``{key: {clean_acc, robust_acc, attack (the
-    evaluation's), ..., rank, lr, train_attack ("none" or the run's), bn ("frozen" or "batch_stats"), history,
-    cos_clean_median, rel_change_median, ...}}``."""
+    the learning rate, the attack or the batch-norm mode changed. Returns ``{"runs": {key: {clean_acc, robust_acc,
+    attack (the evaluation's), ..., rank, lr, train_attack ("none" or the run's), bn ("frozen" or "batch_stats"),
+    history, cos_clean_median, rel_change_median, ...}}, "n", "images"}`` (``images``: a fingerprint of the test
+    images, as :func:`evaluation_images` gives them), plus ``"_models"`` (key -> trained model) with ``keep_models``."""
     import dataclasses
+
+    from .cifar_train import _as_float
 
     dev = get_device(device)
     data = config_data(cfg, cifar.load_cifar10(data_dir, progress=progress))
@@ -1453,7 +1458,7 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
     x_val, y_val = data.x_train[n_tr - cfg.holdout:].to(dev), data.y_train[n_tr - cfg.holdout:].to(dev)
     x_te, y_te = (t.to(dev) for t in eval_split(cfg, data))
     clean = result["_models"]["clean"].to(dev)
-    out = {}
+    out, models = {}, {}
     for key, lr, attack, bn in frozen_bn_followup_runs(cfg, lrs):
         r = cfg.frozen_bn_rank
         m = cm.apply_low_rank(copy.deepcopy(clean), r, generator=torch.Generator().manual_seed(cfg.seed),
@@ -1472,7 +1477,10 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
         out[key] = {**ev, "rank": r, "lr": lr, "train_attack": attack, "bn": bn, "history": h,
                     "trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad),
                     **weight_change(clean, m)}
-    return out
+        if keep_models:
+            models[key] = m
+    follow = {"runs": out, "n": int(y_te.shape[0]), "images": _data_fingerprint(_as_float(x_te).cpu(), y_te.cpu())}
+    return follow | ({"_models": models} if keep_models else {})
 
 
 def run_cifar_frozen_bn(cfg: CifarConfig, models_dir=None, data_dir=None, device=None, progress=None,
@@ -1485,7 +1493,7 @@ def run_cifar_frozen_bn(cfg: CifarConfig, models_dir=None, data_dir=None, device
     t0 = time.perf_counter()
     dev = get_device(device)
     res = load_or_run(cfg, models_dir, data_dir=data_dir, device=dev, progress=progress, profile=profile)
-    out = {"runs": frozen_bn_followup(res, cfg, data_dir, dev, progress)}
+    out = frozen_bn_followup(res, cfg, data_dir, dev, progress)
     prov = res["provenance"]
     out["run"] = {"date": prov["date"], "code": prov["code"]["hash"], "stale": res.get("stale", [])}
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -1496,30 +1504,43 @@ def run_cifar_frozen_bn(cfg: CifarConfig, models_dir=None, data_dir=None, device
     return out
 
 
-def load_or_run_frozen_bn(result: dict, cfg: CifarConfig, path=None, data_dir=None, device=None) -> dict:
+def load_or_run_frozen_bn(result: dict, cfg: CifarConfig, x: torch.Tensor, y: torch.Tensor, path=None,
+                          data_dir=None, device=None) -> dict:
     """The follow-up saved in ``path`` (``run cifar-frozen-bn --out``) when it started from this very run with this
-    config and these learning rates (:func:`frozen_bn_followup_runs`), else :func:`frozen_bn_followup` now (with a
-    warning saying why; minutes at the full profile on a CPU)."""
+    config (:func:`_saved_for_run`), was evaluated on these test images ``x, y`` (:func:`evaluation_images`) and ran
+    these runs (:func:`frozen_bn_followup_runs`), else :func:`frozen_bn_followup` now (with a warning saying why;
+    minutes at the full profile on a CPU)."""
     want = [k for k, *_ in frozen_bn_followup_runs(cfg)]
-    saved = _saved_for_run(path, result, cfg, "the frozen-batch-norm follow-up",
-                           lambda s: None if sorted(s["runs"]) == sorted(want) else
-                           f"ran {', '.join(sorted(s['runs']))}, this version {', '.join(sorted(want))}")
-    if saved is not None:
-        return saved
-    return {"runs": frozen_bn_followup(result, cfg, data_dir, device)}
+
+    def check(saved):
+        if saved["n"] != len(y) or saved["images"] != _data_fingerprint(x.cpu(), y.cpu()):
+            return "was evaluated on other test images"
+        if sorted(saved["runs"]) != sorted(want):
+            return f"ran {', '.join(sorted(saved['runs']))}, this version {', '.join(sorted(want))}"
+        return None
+
+    saved = _saved_for_run(path, result, cfg, "the frozen-batch-norm follow-up", check)
+    return saved if saved is not None else frozen_bn_followup(result, cfg, data_dir, device)
 
 
-def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
-    """What the follow-up adds to :func:`frozen_bn_control` ``ctrl``: its table rows; two sentences (``verdict`` for
-    the text, ``summary`` for the chapter's summary) saying (1) whether the frozen-batch-norm training collapses
-    without the attack (then the collapse is not the attack's doing), (2) whether a smaller learning rate lets it
-    gain robustness with the attack, and (3) whether the statistics of each batch (scale and shift still frozen) avoid
-    the collapse (then the frozen statistics are what makes it collapse) and reach the PGD accuracy of (d) at the same
-    rank (``ctrl["trained"]``: then (d) needs no trained scale and shift); and ``source`` (where the follow-up comes
-    from: loaded, and made when and where, or run now). ``clean``: the clean model's evaluation (what training
-    without the attack starts from). A run has collapsed when its clean accuracy is at most :data:`COLLAPSE_ACC`;
-    PGD accuracies are compared at two standard errors (:func:`compare_accuracies`)."""
-    trained = ctrl["trained"]
+def _falling(v: dict) -> bool:
+    """Whether a run's held-out clean accuracy fell after every epoch (a run on its way to collapse)."""
+    acc = v.get("history", {}).get("val_clean_acc", [])
+    return len(acc) > 2 and all(b < a for a, b in zip(acc, acc[1:]))
+
+
+def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict) -> dict:
+    """What the follow-up ``follow`` adds to :func:`frozen_bn_control` ``ctrl`` of the run ``result``: its table rows
+    and two sentences (``verdict`` for the text, ``summary`` for the chapter's summary) saying (0) what the control
+    repeated by the follow-up gives, (1) whether the training collapses without the attack, (2) whether a smaller
+    learning rate lets it reach the PGD accuracy of (d) at the same rank (``ctrl["trained"]``), and (3) whether the
+    statistics of each batch (scale and shift still frozen) avoid the collapse where frozen statistics collapse, at the
+    same learning rate, and at (d)'s learning rate reach (d)'s PGD accuracy; and ``source`` (where the follow-up comes
+    from: loaded, and made when and where, or run now). Causes are named only where there is a collapse to explain.
+    A run has collapsed when its clean accuracy is at most :data:`COLLAPSE_ACC`; PGD accuracies are compared at two
+    standard errors of unpaired accuracies (:func:`compare_accuracies`; one seed each)."""
+    ex, trained = result["experiments"], ctrl["trained"]
+    clean = ex["clean"]
     # frozen without the attack, frozen with it, then the statistics of each batch; by learning rate within each
     runs = dict(sorted(follow["runs"].items(), key=lambda kv: (kv[1]["bn"] != "frozen",
                                                                kv[1]["train_attack"] != "none", kv[1]["lr"])))
@@ -1527,69 +1548,94 @@ def frozen_bn_followup_summary(ctrl: dict, follow: dict, clean: dict) -> dict:
     rows = [{"label": f"(d) r={trained['rank']} with batch norm trained, lr={d_lr:g} (for comparison)",
              "clean_acc": trained["clean_acc"], "robust_acc": trained["robust_acc"], "attack": attack_label(trained)}]
     rows += [{"label": f"follow-up: r={v['rank']}, {BN_MODES[v['bn']]}, lr={v['lr']:g}, "
-                       + ("no attack" if v["train_attack"] == "none" else "with the attack"),
+                       + ("no attack" if v["train_attack"] == "none" else "with the attack")
+                       + (" (the control again)" if k in ex else ""),
               "clean_acc": v["clean_acc"], "robust_acc": v["robust_acc"], "attack": attack_label(v)}
-             for v in runs.values()]
-    frozen = [v for v in runs.values() if v["bn"] == "frozen"]
-    plain = [v for v in frozen if v["train_attack"] == "none"]
-    adv = [v for v in frozen if v["train_attack"] != "none"]
+             for k, v in runs.items()]
+    frozen = {k: v for k, v in runs.items() if v["bn"] == "frozen"}
+    plain = [v for v in frozen.values() if v["train_attack"] == "none"]
+    again = {v["lr"]: v for k, v in frozen.items() if k in ex}  # the control repeated, by learning rate
+    adv = [v for k, v in frozen.items() if v["train_attack"] != "none" and k not in ex]
     stats = [v for v in runs.values() if v["bn"] == "batch_stats"]
     collapsed = lambda v: v["clean_acc"] <= COLLAPSE_ACC  # noqa: E731
     vs_d = lambda v: compare_accuracies(v["robust_acc"], trained["robust_acc"], v["n"])  # noqa: E731
-    each = lambda vs: ", ".join(f"{v['clean_acc']:.3f} / {v['robust_acc']:.3f} at {v['lr']:g}"  # noqa: E731
-                                + (" (collapsed)" if collapsed(v) else "") for v in vs)
+    each = lambda vs: ", ".join(f"{v['clean_acc']:.3f} / {v['robust_acc']:.3f} at {v['lr']:g}" + (  # noqa: E731
+        " (collapsed)" if collapsed(v) else " (clean accuracy falling after every epoch)" if _falling(v) else "")
+        for v in vs)
     d_text = (f"(d) at rank {trained['rank']} with batch norm trained (learning rate {d_lr:g}): "
               f"{trained['clean_acc']:.3f} / {trained['robust_acc']:.3f}")
     parts, summary = [], []
-    if plain:
-        v = max(plain, key=lambda v: v["clean_acc"])
+    if again:
+        parts.append("Repeated by the follow-up, the control gives clean / PGD accuracy " + ", ".join(
+            f"{v['clean_acc']:.3f} / {v['robust_acc']:.3f} at {lr:g} (in the run: "
+            f"{ex[frozen_bn_key(v['rank'], lr)]['clean_acc']:.3f} / {ex[frozen_bn_key(v['rank'], lr)]['robust_acc']:.3f})"
+            for lr, v in again.items()) + ".")
+    for v in plain:
+        with_attack = again.get(v["lr"])
+        moved = (f" (though it also moves little: median relative weight change {v['rel_change_median']:.3f}"
+                 + (f", against {with_attack['rel_change_median']:.3f} with the attack" if with_attack else "")
+                 + f"; without the attack the loss, and so its gradient, is small from the start: "
+                   f"{v['history']['train_loss'][0]:.3f} in the first epoch"
+                 + (f" against {with_attack['history']['train_loss'][0]:.3f}" if with_attack else "") + ")")
         if not collapsed(v):
             parts.append(f"Without the attack, the same training (batch norm frozen, rank {v['rank']}, learning rate "
-                         f"{v['lr']:g}) does not collapse: clean accuracy {v['clean_acc']:.3f}, where the clean model it "
-                         f"starts from has {clean['clean_acc']:.3f}. Training through frozen batch norm works; the "
-                         f"collapse comes with the adversarial objective.")
-            summary.append("without the attack the same frozen-batch-norm training does not collapse")
+                         f"{v['lr']:g}) does not collapse: clean accuracy {v['clean_acc']:.3f}, where the clean model "
+                         f"it starts from has {clean['clean_acc']:.3f}{moved}."
+                         + (" At this learning rate frozen batch norm alone does not make the training collapse; "
+                            "with the adversarial objective it does." if with_attack and collapsed(with_attack) else ""))
+            summary.append(f"without the attack it does not collapse (learning rate {v['lr']:g})")
         else:
             parts.append(f"Without the attack, the same training collapses too (clean accuracy {v['clean_acc']:.3f} at "
                          f"learning rate {v['lr']:g}): the collapse is a failure of training through frozen batch norm "
                          f"here, not evidence about adversarial inputs.")
-            summary.append("the same frozen-batch-norm training collapses even without the attack")
+            summary.append("it collapses even without the attack")
     if adv:
-        good = [v for v in adv if not collapsed(v) and vs_d(v) != "lower than"]
-        text = (f"With the attack at the smaller learning rates, clean / PGD accuracy is {each(adv)}, against {d_text}. ")
+        text = f"With the attack at smaller learning rates, clean / PGD accuracy is {each(adv)}, against {d_text}. "
+        good = [v for v in adv if not collapsed(v) and not _falling(v) and vs_d(v) != "lower than"]
         if good:
             b = max(good, key=lambda v: v["robust_acc"])
-            text += (f"At {b['lr']:g} its PGD accuracy is {vs_d(b)} (d)'s: a smaller step lets training through frozen "
-                     f"batch norm gain robustness, so the collapse was at least partly a matter of step size.")
+            text += (f"At {b['lr']:g} its PGD accuracy is {vs_d(b)} (d)'s: with a smaller step, training through frozen "
+                     f"batch norm gains robustness, so the collapse is at least partly a matter of step size.")
             summary.append(f"a smaller learning rate ({b['lr']:g}) avoids it")
         else:
-            text += ("Every one's PGD accuracy is lower than (d)'s, and none gained robustness while keeping its clean "
-                     "accuracy: a smaller step does not rescue training through frozen batch norm.")
+            lower = all(vs_d(v) == "lower than" for v in adv)
+            text += (("Its PGD accuracy is lower than (d)'s at every one" if lower else
+                      "None of them keeps its clean accuracy and reaches (d)'s PGD accuracy")
+                     + ": a smaller step does not rescue training through frozen batch norm.")
             summary.append("smaller learning rates do not rescue it")
         parts.append(text)
     if stats:
         text = (f"With the attack and the statistics of each batch instead of the frozen ones (batch norm in training "
-                f"mode, as in (d), its scale and shift still frozen), clean / PGD accuracy is {each(stats)}. ")
-        alive = [v for v in stats if not collapsed(v)]
-        at_d = [v for v in stats if v["lr"] == d_lr]
-        if not alive:
-            text += ("It collapses as well: the frozen statistics alone do not explain the collapse, and trained scale "
-                     "and shift matter.")
-            summary.append("with the statistics of each batch it collapses as well, so the frozen statistics alone do "
-                           "not explain it")
-        else:
-            text += "It does not collapse at " + ", ".join(f"{v['lr']:g}" for v in alive) + (
-                ": the frozen statistics are what makes the control collapse.")
-            summary.append("with the statistics of each batch (scale and shift still frozen) it does not collapse, so "
-                           "the frozen statistics are what makes it collapse")
-            if at_d and not collapsed(at_d[0]):
-                cmp = vs_d(at_d[0])
-                text += (f" At (d)'s learning rate its PGD accuracy is {cmp} (d)'s ({at_d[0]['robust_acc']:.3f} against "
-                         f"{trained['robust_acc']:.3f}), " + (
-                             "so (d)'s robustness needs its trained scale and shift as well." if cmp == "lower than"
-                             else f"so training the scale and shift adds no robustness to (d) that these "
-                                  f"{at_d[0]['n']:,} test images can measure (two standard errors)."))
-                summary.append(f"at (d)'s learning rate its PGD accuracy is {cmp} (d)'s")
+                f"mode, as in (d), its scale and shift still frozen; its running statistics, used at test time, are "
+                f"then those of the adversarial training batches, as in (d)), clean / PGD accuracy is {each(stats)}.")
+        pairs = [(v, again[v["lr"]]) for v in stats if v["lr"] in again and collapsed(again[v["lr"]])]
+        if pairs:
+            saved_ = [v for v, _ in pairs if not collapsed(v)]
+            lrs_ = ", ".join(f"{v['lr']:g}" for v, _ in pairs)
+            if saved_:
+                text += (f" At {lrs_}, where the control with frozen statistics collapses, it does not (one seed): the "
+                         f"statistics the layers normalise with are the only difference, which points to the frozen "
+                         f"statistics as what makes the control collapse.")
+                summary.append(f"with the statistics of each batch (scale and shift still frozen) it does not collapse "
+                               f"at {lrs_}, which points to the frozen statistics")
+            else:
+                text += (f" At {lrs_} it collapses as well: the frozen statistics alone do not explain the collapse, "
+                         f"and trained scale and shift matter.")
+                summary.append("with the statistics of each batch it collapses as well, so the frozen statistics alone "
+                               "do not explain it")
+        at_d = [v for v in stats if v["lr"] == d_lr and not collapsed(v)]
+        if at_d:
+            v = at_d[0]
+            cmp = vs_d(v)
+            se2 = 2 * math.sqrt((v["robust_acc"] * (1 - v["robust_acc"])
+                                 + trained["robust_acc"] * (1 - trained["robust_acc"])) / v["n"])
+            text += (f" At (d)'s learning rate its PGD accuracy is {cmp} (d)'s: {v['robust_acc']:.3f} against "
+                     f"{trained['robust_acc']:.3f}, a difference of {abs(v['robust_acc'] - trained['robust_acc']):.3f} "
+                     f"where two standard errors of the difference are {se2:.3f} (unpaired, one seed each), " + (
+                         "so (d)'s robustness needs its trained scale and shift as well." if cmp == "lower than" else
+                         f"so on these {v['n']:,} test images trained scale and shift give (d) no robustness that we "
+                         f"can tell apart from none."))
+            summary.append(f"at (d)'s learning rate its PGD accuracy is {cmp} (d)'s")
         parts.append(text)
     if "loaded_from" in follow:
         env = follow.get("environment") or {}
@@ -1632,15 +1678,18 @@ def runs_overview(cfg: CifarConfig) -> list[list]:
     if cfg.frozen_bn_lrs:
         rows.append(row(f"control of (d): rank {max(cfg.ranks)}, batch norm frozen", "(a)'s weights", "lowrank",
                         "(d) without the batch-norm confound", lrs=cfg.frozen_bn_lrs))
+        follow = frozen_bn_followup_runs(cfg)
+        lrs = lambda attack, bn: tuple(lr for _, lr, a, b in follow if (a == "none") == (attack == "none") and b == bn)  # noqa
         t = cfg.train_config("lowrank")
         rows.append(["follow-up of that control: without attack", "(a)'s weights", "none", "-", t.epochs,
-                     ", ".join(f"{lr:g}" for lr in cfg.frozen_bn_lrs),
-                     "does training through frozen batch norm work at all? (run cifar-frozen-bn)"])
-        rows.append(row("follow-up of that control: smaller learning rates", "(a)'s weights", "lowrank",
-                        "is its collapse a matter of step size? (run cifar-frozen-bn)", lrs=FROZEN_BN_FOLLOWUP_LRS))
+                     ", ".join(f"{lr:g}" for lr in lrs("none", "frozen")),
+                     "does it collapse without the attack? (run cifar-frozen-bn)"])
+        rows.append(row("follow-up of that control: the control again, and smaller learning rates", "(a)'s weights",
+                        "lowrank", "is its collapse a matter of step size? (run cifar-frozen-bn)",
+                        lrs=lrs(cfg.attack, "frozen")))
         rows.append(row("follow-up of that control: statistics of each batch, scale and shift frozen", "(a)'s weights",
-                        "lowrank", "are the frozen statistics what makes it collapse? does (d) need its trained scale "
-                        "and shift? (run cifar-frozen-bn)", lrs=tuple(dict.fromkeys(cfg.frozen_bn_lrs + (cfg.lowrank_lr,)))))
+                        "lowrank", "do the frozen statistics make it collapse? does (d) need its trained scale "
+                        "and shift? (run cifar-frozen-bn)", lrs=lrs(cfg.attack, "batch_stats")))
     if cfg.direction_controls:
         rows.append(row("control: (c) at seed + 1", "(a)'s weights", "ft", "does another run of (c) change the same directions?",
                         seed=cfg.seed + 1))

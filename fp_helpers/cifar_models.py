@@ -235,9 +235,10 @@ def apply_low_rank(model: nn.Module, rank: int, generator: torch.Generator | Non
     rank would not be a low-rank update of that layer, so it is refused rather than silently clipped.
     ``generator`` draws the random ``B`` factors (default: a generator seeded with 0).
     ``train_bn=True`` keeps every BatchNorm trainable (per-channel scale and shift, running statistics
-    updated in train mode): under 1% of the parameters. Adversarial inputs shift the activation statistics;
-    with BatchNorm frozen, low-rank adversarial training of our small CIFAR model at learning rate 0.05
-    collapsed to a constant prediction (the CIFAR-10 chapter shows this run and a control at a lower rate).
+    updated in train mode): under 1% of the parameters. With BatchNorm frozen, low-rank adversarial training of
+    our small CIFAR model collapsed to a constant prediction at learning rates 0.05 and 0.01; the CIFAR-10 chapter
+    shows these runs and a follow-up (``run cifar-frozen-bn``: without the attack, at smaller learning rates, and
+    with the statistics of each batch but scale and shift frozen) that asks why.
     """
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")

@@ -488,9 +488,11 @@ def test_runs_overview_reads_every_run_from_the_config():
     assert rows[f"control of (d): rank {max(cfg.ranks)}, batch norm frozen"][5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)
     from fp_helpers.cifar_experiments import FROZEN_BN_FOLLOWUP_LRS
 
-    plain, smaller = rows["follow-up of that control: without attack"], rows["follow-up of that control: smaller learning rates"]
+    plain = rows["follow-up of that control: without attack"]
+    smaller = rows["follow-up of that control: the control again, and smaller learning rates"]
     assert plain[2:6] == ["none", "-", cfg.ft_epochs, ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs)]
-    assert smaller[2] == "FGSM, random start" and smaller[5] == ", ".join(f"{x:g}" for x in FROZEN_BN_FOLLOWUP_LRS)
+    assert smaller[2] == "FGSM, random start"
+    assert smaller[5] == ", ".join(f"{x:g}" for x in FROZEN_BN_FOLLOWUP_LRS + cfg.frozen_bn_lrs)
     stats = rows["follow-up of that control: statistics of each batch, scale and shift frozen"]
     assert stats[2] == "FGSM, random start" and stats[5] == ", ".join(f"{x:g}" for x in cfg.frozen_bn_lrs + (cfg.lowrank_lr,))
     # runs the config does not make are not listed
@@ -778,43 +780,75 @@ def test_cli_autoattack_attacks_the_saved_run_and_records_how(tiny_run, tmp_path
 # ------------------------------------------------------------------ the frozen-batch-norm follow-up (run cifar-frozen-bn)
 
 @needs_subset
-def test_frozen_bn_followup_reproduces_the_runs_control_and_trains_without_the_attack(tiny_run):
+def test_frozen_bn_followup_repeats_the_runs_control_and_changes_only_what_it_says(tiny_run):
     from fp_helpers import cifar_experiments as cx
 
     cfg, r = tiny_run
     lr = cfg.frozen_bn_lrs[0]
+    clean = r["_models"]["clean"]
+    before = {k: v.clone() for k, v in clean.state_dict().items()}
     with threads(1):
-        out = cx.frozen_bn_followup(r, cfg, DATA, "cpu", lrs=(lr,))
+        out = cx.frozen_bn_followup(r, cfg, DATA, "cpu", lrs=(), keep_models=True)
     key = frozen_bn_key(cfg.frozen_bn_rank, lr)
     d_lr = frozen_bn_key(cfg.frozen_bn_rank, cfg.lowrank_lr) + "_batchstats"
-    assert list(out) == [key + "_noattack", key, key + "_batchstats", d_lr]
-    assert out[d_lr]["lr"] == cfg.lowrank_lr == r["experiments"][f"lowrank_{cfg.frozen_bn_rank}"]["history"]["config"]["lr"]
-    mine, run = out[key], r["experiments"][key]
-    # the same model, schedule, data, held-out check and evaluation as the run's own control: identical numbers
-    for f in ("clean_acc", "robust_acc", "cos_clean_median", "rel_change_median"):
+    runs = out["runs"]
+    assert list(runs) == [key + "_noattack", key, key + "_batchstats", d_lr]
+    assert runs[d_lr]["lr"] == cfg.lowrank_lr == r["experiments"][f"lowrank_{cfg.frozen_bn_rank}"]["history"]["config"]["lr"]
+    # the control repeated: the same model, schedule, data, held-out check and evaluation give identical numbers
+    mine, run = runs[key], r["experiments"][key]
+    for f in ("clean_acc", "robust_acc", "cos_clean_median", "rel_change_median", "attack"):
         assert mine[f] == run[f], f
     assert mine["history"]["train_loss"] == run["history"]["train_loss"]
-    plain = out[key + "_noattack"]
-    assert plain["train_attack"] == "none" and plain["history"]["config"]["attack"] == "none"
-    assert mine["train_attack"] == cfg.attack and mine["attack"] == run["attack"]  # the evaluation's, as the run's
-    assert plain["history"]["config"]["lr"] == lr and plain["rank"] == cfg.frozen_bn_rank
-    assert plain["history"]["train_loss"] != run["history"]["train_loss"]  # the attack is really left out
-    stats = out[key + "_batchstats"]
-    assert stats["bn"] == "batch_stats" and stats["train_attack"] == cfg.attack and mine["bn"] == "frozen"
-    # only the low-rank factors train in both modes: the batch-norm scale and shift stay frozen
+    # evaluated on the images the chapter checks against
+    x, y = cx.evaluation_images(cfg, DATA)
+    assert out["images"] == cx._data_fingerprint(x.cpu(), y.cpu()) and out["n"] == len(y) == mine["n"]
+    # without the attack: only the attack is left out
+    plain = runs[key + "_noattack"]
+    assert plain["train_attack"] == "none" and plain["history"]["config"]["attack"] == "none" and plain["bn"] == "frozen"
+    assert mine["train_attack"] == cfg.attack and plain["history"]["config"]["lr"] == lr
+    # only the low-rank factors train in every run
     low = r["experiments"][f"lowrank_{cfg.frozen_bn_rank}"]["low_rank_params"]
-    assert stats["trainable_params"] == mine["trainable_params"] == plain["trainable_params"] == low
-    assert stats["history"]["train_loss"] != run["history"]["train_loss"]  # the statistics of each batch differ
-    assert r["_models"]["clean"].training is False  # the run's clean model is left as it was
+    assert {v["trainable_params"] for v in runs.values()} == {low}
+    clean_bn = [m for m in clean.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for k, bn_mode in ((key, "frozen"), (key + "_batchstats", "batch_stats")):
+        bns = [m for m in out["_models"][k].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert runs[k]["bn"] == bn_mode and len(bns) == len(clean_bn) > 0
+        for m, c in zip(bns, clean_bn):
+            assert not m.weight.requires_grad and torch.equal(m.weight, c.weight) and torch.equal(m.bias, c.bias)
+        moved = [not torch.equal(m.running_mean, c.running_mean) for m, c in zip(bns, clean_bn)]
+        if bn_mode == "frozen":  # the clean statistics, always
+            assert all(type(m) is cm.FrozenBatchNorm2d for m in bns) and not any(moved)
+        else:  # train mode during training: the statistics of each batch, and running statistics of those batches
+            assert all(type(m) is torch.nn.BatchNorm2d for m in bns) and all(moved)
+    # the run's clean model is left as it was, weights and statistics
+    assert clean.training is False
+    assert all(torch.equal(before[k], v) for k, v in clean.state_dict().items())
 
 
-def _followup(plain, adv, stats):
-    """A fake follow-up: ``plain`` the clean accuracy without the attack; ``adv`` / ``stats``: (lr, clean, PGD)."""
+def _fake_run(control_clean=0.102):
     pgd = "PGD-50 x2 restarts, linf, eps=0.0313725"
-    run = lambda lr, attack, bn, acc, rob: {"rank": 8, "lr": lr, "train_attack": attack, "bn": bn, "attack": pgd,  # noqa
-                                            "clean_acc": acc, "robust_acc": rob, "eps": 8 / 255, "norm": "linf",
-                                            "n": 1017}
-    runs = {"frozen_bn_r8_lr0p01_noattack": run(0.01, "none", "frozen", plain, 0.0)}
+    ev = lambda acc, rob: {"clean_acc": acc, "robust_acc": rob, "attack": pgd, "eps": 8 / 255, "norm": "linf",  # noqa
+                           "n": 1017}
+    trained = {**ev(0.455, 0.183), "rank": 8, "history": {"config": {"lr": 0.05}}}
+    control = {**ev(control_clean, min(control_clean, 0.102)), "rank": 8, "lr": 0.01}
+    result = {"experiments": {"clean": ev(0.696, 0.0), "lowrank_8": trained, frozen_bn_key(8, 0.01): control}}
+    ctrl = {"best": control, "trained": trained, "collapsed": control_clean <= 0.15}
+    return result, ctrl
+
+
+def _followup(plain, adv, stats, again=0.102, falling=()):
+    """A fake follow-up: ``plain`` the clean accuracy without the attack; ``adv`` / ``stats``: (lr, clean, PGD); the
+    control repeated at 0.01 with clean accuracy ``again``; ``falling``: learning rates whose clean accuracy falls."""
+    pgd = "PGD-50 x2 restarts, linf, eps=0.0313725"
+
+    def run(lr, attack, bn, acc, rob, rel=0.07, loss=3.8):
+        val = [0.6, 0.4, 0.3, 0.2] if lr in falling and attack != "none" else [0.6, 0.5, 0.55, 0.5]
+        return {"rank": 8, "lr": lr, "train_attack": attack, "bn": bn, "attack": pgd, "clean_acc": acc,
+                "robust_acc": rob, "eps": 8 / 255, "norm": "linf", "n": 1017, "rel_change_median": rel,
+                "history": {"train_loss": [loss, 2.3], "val_clean_acc": val}}
+
+    runs = {frozen_bn_key(8, 0.01) + "_noattack": run(0.01, "none", "frozen", plain, 0.0, rel=0.018, loss=0.763),
+            frozen_bn_key(8, 0.01): run(0.01, "fgsm_rs", "frozen", again, min(again, 0.102))}
     for lr, acc, rob in adv:
         runs[frozen_bn_key(8, lr)] = run(lr, "fgsm_rs", "frozen", acc, rob)
     for lr, acc, rob in stats:
@@ -825,69 +859,88 @@ def _followup(plain, adv, stats):
 def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     from fp_helpers import cifar_experiments as cx
 
-    trained = {"rank": 8, "clean_acc": 0.455, "robust_acc": 0.183, "history": {"config": {"lr": 0.05}},
-               "attack": "PGD-50 x2 restarts, linf, eps=0.0313725", "eps": 8 / 255, "norm": "linf"}
-    ctrl = {"best": {"lr": 0.01, "rank": 8, "clean_acc": 0.10}, "trained": trained}
-    clean = {"clean_acc": 0.70}
+    result, ctrl = _fake_run()
     small = [(0.001, 0.199, 0.001), (0.003, 0.111, 0.079)]  # no robustness; collapsed at 0.003
-    # the statistics of each batch avoid the collapse and, at (d)'s learning rate, reach (d): scale and shift add nothing
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.17)]), clean)
+    stats = [(0.01, 0.448, 0.043), (0.05, 0.422, 0.155)]
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, small, stats, falling=(0.001,)))
     v = s["verdict"]
-    assert "does not collapse: clean accuracy 0.690" in v and "0.700" in v
-    assert "0.199 / 0.001 at 0.001, 0.111 / 0.079 at 0.003 (collapsed)" in v and "does not rescue" in v
+    assert "Repeated by the follow-up, the control gives clean / PGD accuracy 0.102 / 0.102 at 0.01 (in the run: " \
+           "0.102 / 0.102)" in v
+    assert "does not collapse: clean accuracy 0.700, where the clean model it starts from has 0.696" in v
+    assert "median relative weight change 0.018, against 0.070 with the attack" in v and "0.763 in the first epoch" in v
+    assert "frozen batch norm alone does not make the training collapse; with the adversarial objective it does" in v
+    assert ("0.199 / 0.001 at 0.001 (clean accuracy falling after every epoch), 0.111 / 0.079 at 0.003 (collapsed)"
+            in v and "lower than (d)'s at every one" in v and "does not rescue" in v)
     assert "(d) at rank 8 with batch norm trained (learning rate 0.05): 0.455 / 0.183" in v
-    assert "It does not collapse at 0.01, 0.05: the frozen statistics are what makes the control collapse" in v
-    assert "its PGD accuracy is about the same as (d)'s (0.170 against 0.183)" in v and "1,017 test images can" in v
-    assert "smaller learning rates do not rescue it" in s["summary"] and "about the same as (d)'s" in s["summary"]
+    assert "At 0.01, where the control with frozen statistics collapses, it does not (one seed)" in v
+    assert "points to the frozen statistics" in v and "what makes the control collapse" in v
+    assert "about the same as (d)'s: 0.155 against 0.183, a difference of 0.028 where two standard errors" in v
+    assert "(unpaired, one seed each)" in v and "no robustness that we can tell apart from none" in v
+    assert s["summary"] == ("without the attack it does not collapse (learning rate 0.01); smaller learning rates do "
+                            "not rescue it; with the statistics of each batch (scale and shift still frozen) it does "
+                            "not collapse at 0.01, which points to the frozen statistics; at (d)'s learning rate its "
+                            "PGD accuracy is about the same as (d)'s")
     labels = [r["label"] for r in s["rows"]]
-    assert len(labels) == 6 and labels[0] == "(d) r=8 with batch norm trained, lr=0.05 (for comparison)"
+    assert labels[0] == "(d) r=8 with batch norm trained, lr=0.05 (for comparison)"
     assert [lb.split(", ", 1)[1] for lb in labels[1:]] == [  # in the order of the questions, by learning rate
         "batch norm frozen, lr=0.01, no attack", "batch norm frozen, lr=0.001, with the attack",
-        "batch norm frozen, lr=0.003, with the attack", "batch statistics, scale and shift frozen, lr=0.01, with the attack",
+        "batch norm frozen, lr=0.003, with the attack", "batch norm frozen, lr=0.01, with the attack (the control again)",
+        "batch statistics, scale and shift frozen, lr=0.01, with the attack",
         "batch statistics, scale and shift frozen, lr=0.05, with the attack"]
     assert s["rows"][1]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
-    # ... but below (d) at its learning rate: (d) needs its trained scale and shift too
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.06)]), clean)
-    assert "lower than (d)'s (0.060 against 0.183)" in s["verdict"] and "needs its trained scale and shift" in s["verdict"]
+    # below (d) at its learning rate: (d) needs its trained scale and shift too
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.06)]))
+    assert "lower than (d)'s: 0.060 against 0.183" in s["verdict"] and "needs its trained scale and shift" in s["verdict"]
     # the statistics of each batch do not avoid it: not the statistics alone
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, small, [(0.01, 0.10, 0.10), (0.05, 0.11, 0.10)]), clean)
-    assert "alone do not explain the collapse" in s["verdict"] and "(d)'s (" not in s["verdict"]
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, small, [(0.01, 0.10, 0.10), (0.05, 0.11, 0.10)]))
+    assert "alone do not explain the collapse" in s["verdict"] and "against 0.183, a" not in s["verdict"]
     # collapses without the attack too: no evidence about adversarial inputs
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.10, small, []), clean)
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.10, small, []))
     assert "collapses too" in s["verdict"] and "not evidence about adversarial inputs" in s["verdict"]
     assert "even without the attack" in s["summary"]
-    # a smaller step lets it gain (d)'s robustness: partly a matter of step size
-    s = cx.frozen_bn_followup_summary(ctrl, _followup(0.69, [(0.001, 0.40, 0.17), (0.003, 0.11, 0.08)], []), clean)
+    # a smaller step keeps the clean accuracy and reaches (d): partly a matter of step size
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, [(0.001, 0.40, 0.17), (0.003, 0.11, 0.08)], []))
     assert "At 0.001 its PGD accuracy is about the same as (d)'s" in s["verdict"] and "step size" in s["verdict"]
     assert "a smaller learning rate (0.001) avoids it" in s["summary"]
+    # ... but not when its clean accuracy is still falling (on its way to collapse)
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, [(0.001, 0.40, 0.17)], [], falling=(0.001,)))
+    assert "None of them keeps its clean accuracy" in s["verdict"] and "step size" not in s["verdict"]
+    # a control that did not collapse: no cause is named for a collapse that did not happen
+    result, ctrl = _fake_run(control_clean=0.40)
+    s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, small, stats, again=0.40))
+    assert "with the adversarial objective it does" not in s["verdict"] and "points to" not in s["verdict"]
+    assert "where the control with frozen statistics collapses" not in s["verdict"]
 
 
-def test_saved_frozen_bn_followup_is_used_only_for_its_run_and_learning_rates(tmp_path, monkeypatch):
+def test_saved_frozen_bn_followup_is_used_only_for_its_run_images_and_runs(tmp_path, monkeypatch):
     from fp_helpers import cifar_experiments as cx
     from fp_helpers.provenance import stamp
 
     cfg = cifar_config("quick")
     res = {"provenance": {"date": "2026-01-01T00:00:00Z", "code": {"hash": "abc"}}}
+    x, y = torch.rand(6, 3, 4, 4), torch.arange(6)
     runs = {k: {"lr": lr, "train_attack": a, "bn": bn} for k, lr, a, bn in cx.frozen_bn_followup_runs(cfg)}
-    saved = stamp({"runs": runs, "run": {"date": "2026-01-01T00:00:00Z", "code": "abc", "stale": []}},
-                  "cifar-frozen-bn", cfg, "quick")
+    saved = stamp({"runs": runs, "n": 6, "images": cx._data_fingerprint(x, y),
+                   "run": {"date": "2026-01-01T00:00:00Z", "code": "abc", "stale": []}}, "cifar-frozen-bn", cfg, "quick")
     path = tmp_path / "fb.json"
     path.write_text(json.dumps(saved))
     monkeypatch.setattr(cx, "frozen_bn_followup", lambda *a, **k: {"recomputed": True})
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # current code, this run, same config and learning rates: loaded silently
-        got = cx.load_or_run_frozen_bn(res, cfg, path)
+        warnings.simplefilter("error")  # current code, this run, same config, images and runs: loaded silently
+        got = cx.load_or_run_frozen_bn(res, cfg, x, y, path)
     assert got["runs"] == runs and "loaded_from" in got
     redone = {"provenance": {"date": "2026-02-01T00:00:00Z", "code": {"hash": "abc"}}}
-    with pytest.warns(UserWarning, match="another run"):
-        assert cx.load_or_run_frozen_bn(redone, cfg, path) == {"runs": {"recomputed": True}}
+    with pytest.warns(UserWarning, match="started from the models of another run"):
+        assert cx.load_or_run_frozen_bn(redone, cfg, x, y, path) == {"recomputed": True}
     with pytest.warns(UserWarning, match="another config"):
-        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cifar_config("quick", ["eps=0.2"]), path)
-    fewer = dict(saved, runs={k: v for k, v in runs.items() if v["train_attack"] == "none"})  # other learning rates
+        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cifar_config("quick", ["eps=0.2"]), x, y, path)
+    with pytest.warns(UserWarning, match="evaluated on other test images"):
+        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, x.flip(0), y, path)
+    fewer = dict(saved, runs={k: v for k, v in runs.items() if v["train_attack"] == "none"})  # another version's runs
     path.write_text(json.dumps(fewer))
-    with pytest.warns(UserWarning, match="recomputing the frozen-batch-norm follow-up"):
-        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, path)
-    assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, tmp_path / "missing.json")
+    with pytest.warns(UserWarning, match="ran frozen_bn_r4_lr0p01_noattack, this version"):
+        assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, x, y, path)
+    assert "loaded_from" not in cx.load_or_run_frozen_bn(res, cfg, x, y, tmp_path / "missing.json")
 
 
 @needs_subset
@@ -904,11 +957,13 @@ def test_cli_frozen_bn_starts_from_the_saved_run_and_records_how(tiny_run, tmp_p
         assert main(args) == 0
     saved = json.loads(out.read_text())
     assert f"--models {tmp_path / 'run'}" in saved["provenance"]["command"]
-    assert saved["run"]["date"] == r["provenance"]["date"]
+    assert saved["run"]["date"] == r["provenance"]["date"] and "_models" not in saved
     assert not stale_reasons(saved)["config"] and not stale_reasons(saved)["code"]
     assert sorted(saved["runs"]) == sorted(k for k, *_ in cx.frozen_bn_followup_runs(cfg))
     for v in saved["runs"].values():
         assert 0 <= v["robust_acc"] <= v["clean_acc"] <= 1 and v["n"] == r["n_test"]
+    key = frozen_bn_key(cfg.frozen_bn_rank, cfg.frozen_bn_lrs[0])
+    assert saved["runs"][key]["clean_acc"] == r["experiments"][key]["clean_acc"]  # the control, repeated
     assert "clean/PGD accuracy: frozen_bn_r2_lr0p01_noattack" in capsys.readouterr().out
     missing = ["run", "cifar-frozen-bn", "--profile", "quick", "--models", str(tmp_path / "nothing"), "--out",
                str(tmp_path / "x.json")]
