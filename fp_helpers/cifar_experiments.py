@@ -1524,9 +1524,12 @@ def load_or_run_frozen_bn(result: dict, cfg: CifarConfig, x: torch.Tensor, y: to
 
 
 def _falling(v: dict) -> bool:
-    """Whether a run's held-out clean accuracy fell after every epoch (a run on its way to collapse)."""
-    acc = v.get("history", {}).get("val_clean_acc", [])
-    return len(acc) > 2 and all(b < a for a, b in zip(acc, acc[1:]))
+    """Whether a run is on its way to collapse: its held-out clean accuracy fell after every epoch while its
+    held-out PGD accuracy never rose above where it started (a run that trades clean accuracy for robustness is
+    not)."""
+    h = v.get("history", {})
+    acc, rob = h.get("val_clean_acc", []), h.get("val_pgd_acc", [])
+    return len(acc) > 2 and all(b < a for a, b in zip(acc, acc[1:])) and bool(rob) and max(rob) <= rob[0]
 
 
 def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict) -> dict:
@@ -1560,7 +1563,8 @@ def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict) -> dict:
     collapsed = lambda v: v["clean_acc"] <= COLLAPSE_ACC  # noqa: E731
     vs_d = lambda v: compare_accuracies(v["robust_acc"], trained["robust_acc"], v["n"])  # noqa: E731
     each = lambda vs: ", ".join(f"{v['clean_acc']:.3f} / {v['robust_acc']:.3f} at {v['lr']:g}" + (  # noqa: E731
-        " (collapsed)" if collapsed(v) else " (clean accuracy falling after every epoch)" if _falling(v) else "")
+        " (collapsed)" if collapsed(v) else " (clean accuracy falling after every epoch, no robustness gained)"
+        if _falling(v) else "")
         for v in vs)
     d_text = (f"(d) at rank {trained['rank']} with batch norm trained (learning rate {d_lr:g}): "
               f"{trained['clean_acc']:.3f} / {trained['robust_acc']:.3f}")

@@ -843,9 +843,11 @@ def _followup(plain, adv, stats, again=0.102, falling=()):
 
     def run(lr, attack, bn, acc, rob, rel=0.07, loss=3.8):
         val = [0.6, 0.4, 0.3, 0.2] if lr in falling and attack != "none" else [0.6, 0.5, 0.55, 0.5]
+        # every run trades clean accuracy for robustness except those on their way to collapse (no PGD gain)
+        pgd_val = [0.0, 0.0, 0.0, 0.0] if lr in falling and attack != "none" else [0.0, 0.05, 0.1, 0.12]
         return {"rank": 8, "lr": lr, "train_attack": attack, "bn": bn, "attack": pgd, "clean_acc": acc,
                 "robust_acc": rob, "eps": 8 / 255, "norm": "linf", "n": 1017, "rel_change_median": rel,
-                "history": {"train_loss": [loss, 2.3], "val_clean_acc": val}}
+                "history": {"train_loss": [loss, 2.3], "val_clean_acc": val, "val_pgd_acc": pgd_val}}
 
     runs = {frozen_bn_key(8, 0.01) + "_noattack": run(0.01, "none", "frozen", plain, 0.0, rel=0.018, loss=0.763),
             frozen_bn_key(8, 0.01): run(0.01, "fgsm_rs", "frozen", again, min(again, 0.102))}
@@ -869,8 +871,9 @@ def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     assert "does not collapse: clean accuracy 0.700, where the clean model it starts from has 0.696" in v
     assert "median relative weight change 0.018, against 0.070 with the attack" in v and "0.763 in the first epoch" in v
     assert "frozen batch norm alone does not make the training collapse; with the adversarial objective it does" in v
-    assert ("0.199 / 0.001 at 0.001 (clean accuracy falling after every epoch), 0.111 / 0.079 at 0.003 (collapsed)"
-            in v and "lower than (d)'s at every one" in v and "does not rescue" in v)
+    assert ("0.199 / 0.001 at 0.001 (clean accuracy falling after every epoch, no robustness gained), 0.111 / 0.079 at "
+            "0.003 (collapsed)" in v and "lower than (d)'s at every one" in v and "does not rescue" in v)
+    assert "0.448 / 0.043 at 0.01, 0.422 / 0.155 at 0.05." in v  # trading clean accuracy for robustness: no mark
     assert "(d) at rank 8 with batch norm trained (learning rate 0.05): 0.455 / 0.183" in v
     assert "At 0.01, where the control with frozen statistics collapses, it does not (one seed)" in v
     assert "points to the frozen statistics" in v and "what makes the control collapse" in v
@@ -968,3 +971,13 @@ def test_cli_frozen_bn_starts_from_the_saved_run_and_records_how(tiny_run, tmp_p
     missing = ["run", "cifar-frozen-bn", "--profile", "quick", "--models", str(tmp_path / "nothing"), "--out",
                str(tmp_path / "x.json")]
     assert main(missing) == 2 and "--models must be a folder" in capsys.readouterr().err
+
+
+def test_falling_means_losing_clean_accuracy_without_gaining_robustness():
+    from fp_helpers.cifar_experiments import _falling
+
+    run = lambda clean, pgd: {"history": {"val_clean_acc": clean, "val_pgd_acc": pgd}}  # noqa: E731
+    assert _falling(run([0.68, 0.55, 0.27, 0.20, 0.18], [0.0, 0.0, 0.0, 0.0, 0.0]))  # lr 0.001 of the CPU run
+    assert not _falling(run([0.62, 0.54, 0.43, 0.41, 0.40], [0.0, 0.0, 0.016, 0.04, 0.052]))  # trades it for robustness
+    assert not _falling(run([0.38, 0.40, 0.41, 0.39, 0.38], [0.03, 0.12, 0.14, 0.17, 0.15]))  # not falling every epoch
+    assert not _falling(run([0.6, 0.5], [0.0, 0.0])) and not _falling({})  # too short to tell, or no history
