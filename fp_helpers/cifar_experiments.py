@@ -1445,10 +1445,13 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
     frozen control (a run here at the control's learning rate, attack and mode reproduces it: see the tests), only
     the learning rate, the attack or the batch-norm mode changed. Returns ``{"runs": {key: {clean_acc, robust_acc,
     attack (the evaluation's), ..., rank, lr, train_attack ("none" or the run's), bn ("frozen" or "batch_stats"),
-    history, cos_clean_median, rel_change_median, ...}}, "n", "images"}`` (``images``: a fingerprint of the test
-    images, as :func:`evaluation_images` gives them), plus ``"_models"`` (key -> trained model) with ``keep_models``."""
+    history, cos_clean_median, rel_change_median, pgd_run_images, ...}}, "n", "images"}`` (``images``: a fingerprint
+    of the test images, as :func:`evaluation_images` gives them; ``pgd_run_images``: per image of the first
+    :data:`ATTACK_CHECK_N`, "1" where the model is still correct under the run's PGD applied as the attack check
+    applies it, its ``_run``), plus ``"_models"`` (key -> trained model) with ``keep_models``."""
     import dataclasses
 
+    from .attacks import margins, pgd
     from .cifar_train import _as_float
 
     dev = get_device(device)
@@ -1458,6 +1461,7 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
     x_val, y_val = data.x_train[n_tr - cfg.holdout:].to(dev), data.y_train[n_tr - cfg.holdout:].to(dev)
     x_te, y_te = (t.to(dev) for t in eval_split(cfg, data))
     clean = result["_models"]["clean"].to(dev)
+    xs, ys = _as_float(x_te[:ATTACK_CHECK_N]), y_te[:ATTACK_CHECK_N]  # the attack check's images
     out, models = {}, {}
     for key, lr, attack, bn in frozen_bn_followup_runs(cfg, lrs):
         r = cfg.frozen_bn_rank
@@ -1474,8 +1478,14 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
         h["wall_seconds"] = round(time.perf_counter() - t, 1)
         g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
         ev = evaluate_cifar(m, x_te, y_te, cfg.radius, cfg.norm, cfg.eval_pgd_steps, cfg.eval_restarts, generator=g)
+        # per image, on the attack check's images and as it attacks them (the run's PGD): still correct or not, so
+        # the chapter can compare with (d) image by image (compare_paired)
+        g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
+        kept = margins(m, pgd(m, xs, ys, cfg.radius, cfg.norm, cfg.eval_pgd_steps, restarts=cfg.eval_restarts,
+                              generator=g, clip=(0.0, 1.0)), ys) > 0
         out[key] = {**ev, "rank": r, "lr": lr, "train_attack": attack, "bn": bn, "history": h,
                     "trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad),
+                    "pgd_run_images": "".join("1" if b else "0" for b in kept.cpu().tolist()),
                     **weight_change(clean, m)}
         if keep_models:
             models[key] = m
@@ -1532,7 +1542,8 @@ def _falling(v: dict) -> bool:
     return len(acc) > 2 and all(b < a for a, b in zip(acc, acc[1:])) and bool(rob) and max(rob) <= rob[0]
 
 
-def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict) -> dict:
+def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict, check: dict | None = None,
+                               labels: dict | None = None) -> dict:
     """What the follow-up ``follow`` adds to :func:`frozen_bn_control` ``ctrl`` of the run ``result``: its table rows
     and two sentences (``verdict`` for the text, ``summary`` for the chapter's summary) saying (0) what the control
     repeated by the follow-up gives, (1) whether the training collapses without the attack, (2) whether a smaller
@@ -1541,7 +1552,10 @@ def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict) -> dict:
     same learning rate, and at (d)'s learning rate reach (d)'s PGD accuracy; and ``source`` (where the follow-up comes
     from: loaded, and made when and where, or run now). Causes are named only where there is a collapse to explain.
     A run has collapsed when its clean accuracy is at most :data:`COLLAPSE_ACC`; PGD accuracies are compared at two
-    standard errors of unpaired accuracies (:func:`compare_accuracies`; one seed each)."""
+    standard errors of unpaired accuracies (:func:`compare_accuracies`; one seed each) and, given the chapter's
+    attack check ``check`` (:func:`attack_check`, its models named by ``labels``) holding (d) at the same rank, also
+    image by image (:func:`compare_paired`: the follow-up's ``pgd_run_images`` against the check's ``_run`` of (d),
+    the same attack on the same images); the paired verdict, the sharper one, then decides."""
     ex, trained = result["experiments"], ctrl["trained"]
     clean = ex["clean"]
     # frozen without the attack, frozen with it, then the statistics of each batch; by learning rate within each
@@ -1635,11 +1649,22 @@ def frozen_bn_followup_summary(result: dict, ctrl: dict, follow: dict) -> dict:
                                  + trained["robust_acc"] * (1 - trained["robust_acc"])) / v["n"])
             text += (f" At (d)'s learning rate its PGD accuracy is {cmp} (d)'s: {v['robust_acc']:.3f} against "
                      f"{trained['robust_acc']:.3f}, a difference of {abs(v['robust_acc'] - trained['robust_acc']):.3f} "
-                     f"where two standard errors of the difference are {se2:.3f} (unpaired, one seed each), " + (
-                         "so (d)'s robustness needs its trained scale and shift as well." if cmp == "lower than" else
-                         f"so on these {v['n']:,} test images trained scale and shift give (d) no robustness that we "
-                         f"can tell apart from none."))
-            summary.append(f"at (d)'s learning rate its PGD accuracy is {cmp} (d)'s")
+                     f"where two standard errors of the unpaired difference are {se2:.3f}.")
+            final, n_img, paired = cmp, v["n"], False
+            rows_ = {r["model"]: r for r in check["main"]["rows"]} if check is not None else {}
+            d_row = rows_.get((labels or {}).get(f"lowrank_{trained['rank']}"))
+            if d_row is not None and len(v.get("pgd_run_images", "")) == d_row["_run"].numel():
+                p = compare_paired(_robust_mask(v["pgd_run_images"]), d_row["_run"].cpu())
+                final, n_img, paired = p["verdict"], d_row["_run"].numel(), True
+                text += (f" Image by image, on the attack check's {n_img:,} images under the same attack, it keeps "
+                         f"{p['only_a']} images that (d) loses and loses {p['only_b']} that (d) keeps: {p['verdict']} "
+                         f"(d)'s at two standard errors of the paired difference ({2 * p['se']:.3f}).")
+            text += (" So (d)'s robustness needs its trained scale and shift as well (one seed each)."
+                     if final == "lower than" else
+                     f" So on these {n_img:,} test images trained scale and shift give (d) no robustness that we can "
+                     f"tell apart from none (one seed each).")
+            summary.append(f"at (d)'s learning rate its PGD accuracy is {final} (d)'s"
+                           + (" (image by image)" if paired else ""))
         parts.append(text)
     if "loaded_from" in follow:
         env = follow.get("environment") or {}

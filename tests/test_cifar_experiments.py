@@ -799,9 +799,15 @@ def test_frozen_bn_followup_repeats_the_runs_control_and_changes_only_what_it_sa
     for f in ("clean_acc", "robust_acc", "cos_clean_median", "rel_change_median", "attack"):
         assert mine[f] == run[f], f
     assert mine["history"]["train_loss"] == run["history"]["train_loss"]
-    # evaluated on the images the chapter checks against
+    # evaluated on the images the chapter checks against; per image, as the attack check attacks them
     x, y = cx.evaluation_images(cfg, DATA)
     assert out["images"] == cx._data_fingerprint(x.cpu(), y.cpu()) and out["n"] == len(y) == mine["n"]
+    xs, ys = x[:cx.ATTACK_CHECK_N], y[:cx.ATTACK_CHECK_N]
+    with threads(1):
+        for k in (key, key + "_batchstats"):
+            check_run = cx.attack_strength({"m": out["_models"][k]}, xs, ys, cfg, strong_steps=2,
+                                           strong_restarts=1)["rows"][0]["_run"]
+            assert torch.equal(cx._robust_mask(runs[k]["pgd_run_images"]), check_run.cpu())
     # without the attack: only the attack is left out
     plain = runs[key + "_noattack"]
     assert plain["train_attack"] == "none" and plain["history"]["config"]["attack"] == "none" and plain["bn"] == "frozen"
@@ -878,7 +884,7 @@ def test_frozen_bn_followup_summary_says_what_each_outcome_means():
     assert "At 0.01, where the control with frozen statistics collapses, it does not (one seed)" in v
     assert "points to the frozen statistics" in v and "what makes the control collapse" in v
     assert "about the same as (d)'s: 0.155 against 0.183, a difference of 0.028 where two standard errors" in v
-    assert "(unpaired, one seed each)" in v and "no robustness that we can tell apart from none" in v
+    assert "of the unpaired difference are 0.033" in v and "no robustness that we can tell apart from none (one seed" in v
     assert s["summary"] == ("without the attack it does not collapse (learning rate 0.01); smaller learning rates do "
                             "not rescue it; with the statistics of each batch (scale and shift still frozen) it does "
                             "not collapse at 0.01, which points to the frozen statistics; at (d)'s learning rate its "
@@ -891,6 +897,23 @@ def test_frozen_bn_followup_summary_says_what_each_outcome_means():
         "batch statistics, scale and shift frozen, lr=0.01, with the attack",
         "batch statistics, scale and shift frozen, lr=0.05, with the attack"]
     assert s["rows"][1]["attack"] == "PGD-50 x2 restarts, linf, eps=8/255"
+    assert "Image by image" not in v  # no attack check given: unpaired only
+    # image by image against (d)'s outcomes in the attack check: the paired test decides
+    n = 1017
+    d_run = torch.arange(n) < 186  # 0.183
+    check, labels = {"main": {"rows": [{"model": "(d) r=8", "_run": d_run}]}}, {"lowrank_8": "(d) r=8"}
+    follow = _followup(0.70, small, stats, falling=(0.001,))
+    follow["runs"][frozen_bn_key(8, 0.05) + "_batchstats"]["pgd_run_images"] = "1" * 158 + "0" * (n - 158)  # 0.155
+    s = cx.frozen_bn_followup_summary(result, ctrl, follow, check, labels)
+    v = s["verdict"]
+    assert "about the same as (d)'s: 0.155 against 0.183" in v  # unpaired
+    assert ("Image by image, on the attack check's 1,017 images under the same attack, it keeps 0 images that (d) "
+            "loses and loses 28 that (d) keeps: lower than (d)'s at two standard errors of the paired difference "
+            "(0.010)") in v and "needs its trained scale and shift as well" in v and "tell apart" not in v
+    assert s["summary"].endswith("at (d)'s learning rate its PGD accuracy is lower than (d)'s (image by image)")
+    # images that do not match the check's: no pairing
+    follow["runs"][frozen_bn_key(8, 0.05) + "_batchstats"]["pgd_run_images"] = "1" * 158
+    assert "Image by image" not in cx.frozen_bn_followup_summary(result, ctrl, follow, check, labels)["verdict"]
     # below (d) at its learning rate: (d) needs its trained scale and shift too
     s = cx.frozen_bn_followup_summary(result, ctrl, _followup(0.70, small, [(0.01, 0.448, 0.043), (0.05, 0.45, 0.06)]))
     assert "lower than (d)'s: 0.060 against 0.183" in s["verdict"] and "needs its trained scale and shift" in s["verdict"]
