@@ -756,6 +756,23 @@ def standard_error(acc: float, n: int) -> float:
     return math.sqrt(acc * (1 - acc) / n)
 
 
+def run_pgd_outcomes(model, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, norm: str | None = None,
+                     eps: float | None = None) -> torch.Tensor:
+    """Per image of ``x, y`` (float in [0, 1]): whether ``model`` still classifies it correctly under the run's PGD
+    (``cfg.eval_pgd_steps`` steps, ``cfg.eval_restarts`` starts, the random ones from a generator seeded
+    ``cfg.seed + 99``), all images in one batch: the attack check's "run's PGD" (:func:`attack_strength`), which the
+    frozen-batch-norm follow-up repeats so that its models and the check's compare image by image. ``norm`` /
+    ``eps`` default to the run's."""
+    from .attacks import margins, pgd
+
+    norm = cfg.norm if norm is None else check_norm(norm)
+    eps = cfg.radius if eps is None else float(eps)
+    model.eval()
+    g = torch.Generator(device=x.device).manual_seed(cfg.seed + 99)
+    return margins(model, pgd(model, x, y, eps, norm, cfg.eval_pgd_steps, restarts=cfg.eval_restarts, generator=g,
+                              clip=(0.0, 1.0)), y) > 0
+
+
 def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarConfig, strong_steps: int = 100,
                     strong_restarts: int = 3, norm: str | None = None, eps: float | None = None,
                     autoattack: dict | None = None) -> dict:
@@ -795,9 +812,7 @@ def attack_strength(models: dict, x: torch.Tensor, y: torch.Tensor, cfg: CifarCo
         m.eval()
         correct = margins(m, x, y) > 0
         fg = margins(m, fgm(m, x, y, eps, norm, clip=(0.0, 1.0)), y) > 0
-        g = torch.Generator(device=x.device).manual_seed(cfg.seed + 99)
-        run = margins(m, pgd(m, x, y, eps, norm, cfg.eval_pgd_steps, restarts=cfg.eval_restarts, generator=g,
-                             clip=(0.0, 1.0)), y) > 0
+        run = run_pgd_outcomes(m, x, y, cfg, norm, eps)
         strong = correct.clone()
         g = torch.Generator(device=x.device).manual_seed(cfg.seed + 123)
         for r in range(strong_restarts):
@@ -1451,7 +1466,6 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
     applies it, its ``_run``), plus ``"_models"`` (key -> trained model) with ``keep_models``."""
     import dataclasses
 
-    from .attacks import margins, pgd
     from .cifar_train import _as_float
 
     dev = get_device(device)
@@ -1478,11 +1492,8 @@ def frozen_bn_followup(result: dict, cfg: CifarConfig, data_dir=None, device=Non
         h["wall_seconds"] = round(time.perf_counter() - t, 1)
         g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
         ev = evaluate_cifar(m, x_te, y_te, cfg.radius, cfg.norm, cfg.eval_pgd_steps, cfg.eval_restarts, generator=g)
-        # per image, on the attack check's images and as it attacks them (the run's PGD): still correct or not, so
-        # the chapter can compare with (d) image by image (compare_paired)
-        g = torch.Generator(device=dev).manual_seed(cfg.seed + 99)
-        kept = margins(m, pgd(m, xs, ys, cfg.radius, cfg.norm, cfg.eval_pgd_steps, restarts=cfg.eval_restarts,
-                              generator=g, clip=(0.0, 1.0)), ys) > 0
+        # per image, on the attack check's images and as it attacks them: the chapter compares with (d) image by image
+        kept = run_pgd_outcomes(m, xs, ys, cfg)
         out[key] = {**ev, "rank": r, "lr": lr, "train_attack": attack, "bn": bn, "history": h,
                     "trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad),
                     "pgd_run_images": "".join("1" if b else "0" for b in kept.cpu().tolist()),
